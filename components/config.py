@@ -1,0 +1,209 @@
+"""Typed schema of params.yaml: one section per stage/component, loading and validation.
+
+Every stage loads the whole file through `load_params`, so a bad value anywhere (including one
+written by `dvc exp run -S key=value`) stops the pipeline before any compute, with one sentence
+that names the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from components.errors import UserError
+from components.tokenizer.presets import TOKENIZER_PRESETS, TokenizerArch
+
+
+class ParamsError(UserError, ValueError):
+    """A params value a user can fix; the message is one sentence."""
+
+
+class _Section(BaseModel):
+    # strict: YAML already gives types; "64" for an int is a mistake, not something to coerce.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class DataParams(_Section):
+    raw_dir: str = Field("data/synthetic/UCF-101", description="UCF-101 layout root: <Class>/<video file>.")
+    splits_dir: str = Field("data/synthetic/ucfTrainTestlist",
+                            description="Folder with classInd.txt, trainlistNN.txt, testlistNN.txt.")
+    split: int = Field(1, ge=1, le=3, description="Official fold (1..3).")
+    img_size: int = Field(64, ge=16, le=1024,
+                          description="Frames are resized (shorter side) and centre-cropped to img_size x img_size.")
+    num_frames: int = Field(32, ge=1, le=4096, description="Frames per training/evaluation clip (paper: 128).")
+    fps: float | None = Field(None, gt=0, le=240,
+                              description="null keeps each video's native frame rate; a number resamples to it.")
+    min_frames: int = Field(8, ge=1, description="Videos with fewer decodable frames are skipped.")
+    max_bad_fraction: float = Field(0.05, ge=0, le=1,
+                                    description="preprocess fails when more than this fraction of listed files is bad.")
+
+
+class SynthesizeParams(_Section):
+    out_dir: str = Field("data/synthetic", description="Writes <out_dir>/UCF-101 and <out_dir>/ucfTrainTestlist.")
+    seed: int = Field(0, ge=0, description="Same seed, same bytes.")
+    num_classes: int = Field(6, ge=1, le=101, description="Classes; each uses one motion family (cycled).")
+    groups: int = Field(12, ge=8, le=25, description="Groups g01..gNN per class; g01-g07 are the fold-1 test set.")
+    clips_per_group: int = Field(1, ge=1, le=7, description="Clips c01..cNN per group.")
+    min_seconds: float = Field(2.0, gt=0, le=60, description="Shortest clip length.")
+    max_seconds: float = Field(6.0, gt=0, le=60, description="Longest clip length.")
+    width: int = Field(320, ge=16, le=4096, description="Frame width (UCF-101: 320).")
+    height: int = Field(240, ge=16, le=4096, description="Frame height (UCF-101: 240).")
+    fps: int = Field(25, ge=1, le=120, description="Frame rate (UCF-101: 25).")
+    cpus_per_task: float = Field(1.0, gt=0, le=64, description="Ray CPUs per synthesis task.")
+
+
+class PreprocessParams(_Section):
+    cpus_per_task: float = Field(1.0, gt=0, le=64, description="Ray CPUs reserved by each decode task.")
+    max_in_flight: int | None = Field(None, ge=1,
+                                      description="Concurrent decode tasks; null = cluster CPUs / cpus_per_task.")
+    decoder_threads: int = Field(1, ge=0, le=64,
+                                 description="FFmpeg threads per decode task (0 = FFmpeg's choice); parallelism comes from Ray.")
+    chunk_frames: int = Field(16, ge=1, le=512, description="Frames per compressed chunk of the frame store.")
+    compression: Literal["zstd", "none"] = Field("zstd", description="Chunk codec of the frame store.")
+    compression_level: int = Field(3, ge=1, le=22, description="zstd level (decode speed barely depends on it).")
+    temporal_delta: bool = Field(True, description="Store frame differences inside a chunk (compresses static content).")
+
+
+class TokenizerParams(_Section):
+    preset: str = Field("CoordTok-tiny", description=f"One of {sorted(TOKENIZER_PRESETS)}.")
+
+    @property
+    def arch(self) -> TokenizerArch:
+        return TOKENIZER_PRESETS[self.preset]
+
+
+class RayParams(_Section):
+    address: str | None = Field(None, description='null starts a local cluster; "auto" or host:port joins one '
+                                                  "(RAY_ADDRESS wins when set).")
+    num_cpus: int | None = Field(None, ge=1, description="Local cluster CPUs; null = all cores.")
+    num_gpus: int | None = Field(None, ge=0, description="Local cluster GPUs; null = detect.")
+    object_store_memory_mb: int = Field(512, ge=80, description="Local cluster object store size.")
+
+
+class MlflowParams(_Section):
+    tracking_uri: str = Field("sqlite:///mlruns.db",
+                              description="Relative sqlite paths are resolved against the repo; "
+                                          "MLFLOW_TRACKING_URI wins when set.")
+    experiment: str = Field("coordtok", min_length=1, description="Experiment holding every stage's runs.")
+
+
+class Params(_Section):
+    data: DataParams = DataParams()
+    synthesize: SynthesizeParams = SynthesizeParams()
+    preprocess: PreprocessParams = PreprocessParams()
+    tokenizer: TokenizerParams = TokenizerParams()
+    ray: RayParams = RayParams()
+    mlflow: MlflowParams = MlflowParams()
+
+    def digest(self) -> str:
+        """Short stable hash of the validated params (an MLflow tag; names resumable runs)."""
+        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------- cross-field rules
+
+def _check_consistency(p: Params) -> None:
+    def fail(key: str, value: Any, allowed: str) -> None:
+        raise ParamsError(f"{key} = {value!r} is not allowed: {allowed}.")
+
+    if p.tokenizer.preset not in TOKENIZER_PRESETS:
+        fail("tokenizer.preset", p.tokenizer.preset, f"choose one of {', '.join(sorted(TOKENIZER_PRESETS))}")
+    arch = p.tokenizer.arch
+    for name in ("enc_patch_size_xy", "dec_patch_size_xy"):
+        size = getattr(arch, name)
+        if p.data.img_size % size:
+            fail("data.img_size", p.data.img_size,
+                 f"it must be a multiple of the {p.tokenizer.preset} {name} ({size})")
+    for name in ("enc_patch_size_t", "dec_patch_size_t"):
+        size = getattr(arch, name)
+        if p.data.num_frames % size:
+            fail("data.num_frames", p.data.num_frames,
+                 f"it must be a multiple of the {p.tokenizer.preset} {name} ({size})")
+    s = p.synthesize
+    if s.min_seconds > s.max_seconds:
+        fail("synthesize.min_seconds", s.min_seconds, f"it must not exceed synthesize.max_seconds ({s.max_seconds})")
+    if round(s.min_seconds * s.fps) < 1:
+        fail("synthesize.min_seconds", s.min_seconds, f"it must give at least one frame at {s.fps} fps")
+
+
+# ---------------------------------------------------------------- loading
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _sentence(err: dict[str, Any]) -> str:
+    key = ".".join(str(part) for part in err["loc"])
+    kind, msg = err["type"], err["msg"]
+    if kind == "extra_forbidden":
+        section = key.rsplit(".", 1)[0] if "." in key else None
+        where = f"section '{section}'" if section else "params.yaml"
+        return f"{key} is not a known key of {where}; check its spelling (see README 'Params reference')."
+    if kind == "missing":
+        return f"{key} is required but missing."
+    allowed = msg[0].lower() + msg[1:] if msg else "a different value"
+    allowed = re.sub(r" or instance of \w+", "", allowed)
+    if allowed.startswith("input should be "):
+        allowed = "it should be " + allowed[len("input should be "):]
+    return f"{key} = {_describe(err.get('input'))} is not allowed: {allowed}."
+
+
+def validate_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate a parsed params mapping; raise ParamsError with one sentence per problem."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{source} must be a mapping of sections, not {type(raw).__name__}.")
+    try:
+        params = Params.model_validate(raw)
+    except ValidationError as exc:
+        sentences = [_sentence(e) for e in exc.errors()]
+        raise ParamsError(f"{source}: " + " ".join(sentences)) from None
+    try:
+        _check_consistency(params)
+    except ParamsError as exc:
+        raise ParamsError(f"{source}: {exc}") from None
+    return params
+
+
+def load_params(path: str | os.PathLike = "params.yaml") -> Params:
+    """Read and validate a params file."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"{path} not found; run from the repository root or pass --params PATH.") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path} is not valid YAML{where}: {getattr(exc, 'problem', exc)}.") from None
+    return validate_params(raw, source=str(path))
+
+
+def resolve_path(root: str | os.PathLike, value: str) -> Path:
+    """Params paths are relative to the repository root (where params.yaml and dvc.yaml live)."""
+    p = Path(os.path.expanduser(value))
+    return p if p.is_absolute() else Path(root) / p
+
+
+def params_reference() -> str:
+    """Markdown table of every key, its type, default and meaning (README 'Params reference')."""
+    rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    for section_name, section_field in Params.model_fields.items():
+        model = section_field.annotation
+        for name, field in model.model_fields.items():
+            ann = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            default = json.dumps(field.default)
+            rows.append(f"| `{section_name}.{name}` | {ann} | `{default}` | {field.description or ''} |")
+    return "\n".join(rows)

@@ -1,0 +1,325 @@
+"""Deterministic synthetic video clips shaped like UCF-101 (T x 240 x 320 x 3, uint8 RGB).
+
+Each clip is a textured scene (multi-octave value noise, a colour gradient and striped /
+checkered / noisy shapes with dark outlines, all from a random per-clip palette) animated by
+one of several motion families with clearly different dynamics. Pure numpy; every random
+draw comes from ``np.random.default_rng(seed)`` and no draw depends on ``n_frames``, so a
+shorter clip is an exact prefix of a longer one with the same family and seed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+MOTION_FAMILIES: tuple[str, ...] = (
+    "StaticScene", "SlowPan", "FastTranslation", "RotateZoom", "ColorFlicker", "Occlusion",
+)
+
+_F32 = np.float32
+_PAN_HORIZON = 256  # frames of pan travel the canvas is sized for; longer pans ping-pong
+_REF = 240  # speeds in px/frame are quoted for a 240-pixel short side and scale with it
+
+
+def render_clip(family: str, seed: int | tuple[int, ...] | list[int], n_frames: int,
+                height: int = 240, width: int = 320) -> np.ndarray:
+    """Render a clip as uint8 ``[n_frames, height, width, 3]`` (RGB).
+
+    Same arguments -> same bytes. ``seed`` is anything ``np.random.default_rng`` accepts.
+    """
+    if family not in MOTION_FAMILIES:
+        raise ValueError(f"unknown motion family {family!r}; expected one of {MOTION_FAMILIES}")
+    if int(n_frames) < 1:
+        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+    if int(height) < 16 or int(width) < 16:
+        raise ValueError(f"height and width must be >= 16, got {height}x{width}")
+    rng = np.random.default_rng(seed)
+    return _RENDERERS[family](rng, int(n_frames), int(height), int(width))
+
+
+# ----------------------------------------------------------------------------- textures
+
+def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """Vectorised HSV in [0, 1] -> RGB in [0, 255], shape (..., 3)."""
+    i = np.floor(h * 6.0)
+    f = h * 6.0 - i
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    i = i.astype(np.intp) % 6
+    r = np.choose(i, [v, q, p, p, t, v])
+    g = np.choose(i, [t, v, v, q, p, p])
+    b = np.choose(i, [p, p, t, v, v, q])
+    return np.stack([r, g, b], -1) * 255.0
+
+
+def _palette(rng: np.random.Generator, k: int = 6) -> np.ndarray:
+    """k colours around a random base hue (analogous + complementary), float32 (k, 3)."""
+    offsets = rng.choice([0.0, 0.08, -0.08, 0.5, 1 / 3, -1 / 3], size=k)
+    hues = (rng.random() + offsets + rng.normal(0.0, 0.03, k)) % 1.0
+    return _hsv_to_rgb(hues, rng.uniform(0.25, 0.95, k), rng.uniform(0.25, 1.0, k)).astype(_F32)
+
+
+def _upsample(grid: np.ndarray, h: int, w: int, cell: float) -> np.ndarray:
+    """Smoothstep-bilinear upsampling of a coarse grid to (h, w), `cell` px per grid step."""
+    def axis(n: int, g: int):
+        x = np.arange(n, dtype=_F32) / _F32(cell)
+        i = np.minimum(x.astype(np.intp), g - 2)
+        f = x - i
+        return i, f * f * (3 - 2 * f)  # smoothstep hides the grid's piecewise-linear creases
+    iy, fy = axis(h, grid.shape[0])
+    ix, fx = axis(w, grid.shape[1])
+    rows = grid[iy] * (1 - fy)[:, None] + grid[iy + 1] * fy[:, None]
+    return rows[:, ix] * (1 - fx) + rows[:, ix + 1] * fx
+
+
+def _noise(rng: np.random.Generator, h: int, w: int, scale: float, octaves: int = 3) -> np.ndarray:
+    """Multi-octave value noise, roughly in [-1, 1]; `scale` is the coarsest cell size in px."""
+    out, amp, total = np.zeros((h, w), _F32), 1.0, 0.0
+    for o in range(octaves):
+        cell = max(scale / 2.5 ** o, 2.0)
+        grid = rng.uniform(-1, 1, (int((h - 1) / cell) + 2, int((w - 1) / cell) + 2)).astype(_F32)
+        out += _F32(amp) * _upsample(grid, h, w, cell)
+        total, amp = total + amp, amp * 0.55
+    return out / _F32(total)
+
+
+def _texture(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, pal: np.ndarray,
+             ref: int) -> np.ndarray:
+    """Two-colour stripes, checkerboard or noise on local coords (u, v) -> float32 (..., 3)."""
+    c0, c1 = pal[rng.choice(len(pal), 2, replace=False)]
+    period = max(rng.uniform(0.03, 0.12) * ref, 3.0)
+    kind = rng.integers(3)
+    if kind == 0:
+        phi = rng.uniform(0, np.pi)
+        t = 0.5 + 0.5 * np.sin((u * np.cos(phi) + v * np.sin(phi)) * (2 * np.pi / period))
+    elif kind == 1:
+        t = (np.floor(u / period) + np.floor(v / period)) % 2
+    else:
+        t = np.clip(_noise(rng, *u.shape, 2 * period, 2) * 1.5 + 0.5, 0, 1)
+    return (c0 + (c1 - c0) * t[..., None].astype(_F32)).astype(_F32)
+
+
+def _shape(rng: np.random.Generator, pal: np.ndarray, ref: int, lo: float, hi: float):
+    """Random rotated, textured, outlined rectangle or ellipse with half-axes in [lo, hi]*ref.
+
+    Returns (rgb float32 (s, s, 3), mask bool (s, s)) on a square box that fits any rotation.
+    """
+    a, b = rng.uniform(lo, hi, 2) * ref
+    r = int(np.ceil(np.hypot(a, b)))
+    yy, xx = np.mgrid[-r:r + 1, -r:r + 1].astype(_F32)
+    th = rng.uniform(0, np.pi)
+    u, v = xx * np.cos(th) + yy * np.sin(th), yy * np.cos(th) - xx * np.sin(th)
+    rect = rng.random() < 0.5
+    edge = max(1.0, 0.012 * ref)
+
+    def inside(da: float, db: float) -> np.ndarray:
+        if rect:
+            return (np.abs(u) <= a - da) & (np.abs(v) <= b - db)
+        return (u / max(a - da, 0.5)) ** 2 + (v / max(b - db, 0.5)) ** 2 <= 1
+
+    mask = inside(0, 0)
+    rgb = _texture(rng, u, v, pal, ref)
+    rgb[mask & ~inside(edge, edge)] *= 0.3  # dark outline: crisp edges for the tokenizer
+    return rgb, mask
+
+
+def _paste(dst: np.ndarray, rgb: np.ndarray, mask: np.ndarray, y: int, x: int) -> None:
+    """In-place masked paste of a sprite with top-left (y, x), clipped to dst's bounds."""
+    h, w = mask.shape
+    y0, x0 = max(y, 0), max(x, 0)
+    y1, x1 = min(y + h, dst.shape[0]), min(x + w, dst.shape[1])
+    if y0 < y1 and x0 < x1:
+        m = mask[y0 - y:y1 - y, x0 - x:x1 - x, None]
+        np.copyto(dst[y0:y1, x0:x1], rgb[y0 - y:y1 - y, x0 - x:x1 - x], where=m)
+
+
+def _scene(rng: np.random.Generator, h: int, w: int, pal: np.ndarray, frame_hw: tuple[int, int]):
+    """Textured canvas float32 (h, w, 3); feature scale and shape density follow the frame size."""
+    ref = min(frame_hw)
+    yy, xx = np.mgrid[0:h, 0:w].astype(_F32)
+    ang = rng.uniform(0, 2 * np.pi)
+    g = xx * _F32(np.cos(ang)) + yy * _F32(np.sin(ang))
+    g = (g - g.min()) / _F32(np.ptp(g) + 1e-6)
+    c0, c1, c2 = pal[rng.choice(len(pal), 3, replace=False)]
+    img = c0 + (c1 - c0) * g[..., None]
+    blotch = np.clip(_noise(rng, h, w, 0.6 * ref) * 1.5 + 0.5, 0, 1)  # large colour regions
+    img += (c2 - img) * (0.7 * blotch[..., None])
+    img *= 1 + 0.25 * _noise(rng, h, w, ref / 12, 2)[..., None]  # fine grain
+    n_shapes = int(round(rng.integers(6, 11) * h * w / (frame_hw[0] * frame_hw[1])))
+    for _ in range(n_shapes):
+        rgb, mask = _shape(rng, pal, ref, 0.05, 0.2)
+        s = mask.shape[0]
+        _paste(img, rgb, mask, int(rng.integers(-s // 2, h - s // 2)),
+               int(rng.integers(-s // 2, w - s // 2)))
+    return img
+
+
+def _to_u8(x: np.ndarray) -> np.ndarray:
+    return np.clip(x + 0.5, 0, 255).astype(np.uint8)  # +0.5 then truncate == round
+
+
+def _bounce(p0: float, v: float, t: np.ndarray, hi: float) -> np.ndarray:
+    """Positions p0 + v*t reflected into [0, hi] (triangle wave), i.e. bouncing off borders."""
+    if hi <= 0:
+        return np.zeros_like(t, dtype=np.float64)
+    x = np.mod(p0 + v * t, 2 * hi)
+    return hi - np.abs(x - hi)
+
+
+# ----------------------------------------------------------------------------- families
+
+def _static(rng, n, h, w):
+    frame = _to_u8(_scene(rng, h, w, _palette(rng), (h, w)))
+    return np.broadcast_to(frame, (n, h, w, 3)).copy()
+
+
+def _slow_pan(rng, n, h, w):
+    # Camera window slides over a larger canvas; a constant sub-pixel offset per frame means
+    # bilinear sampling reduces to a weighted sum of four shifted slices (no gather needed).
+    pal = _palette(rng)
+    speed, ang = rng.uniform(0.3, 1.0) * min(h, w) / _REF, rng.uniform(0, 2 * np.pi)
+    vy, vx = speed * np.sin(ang), speed * np.cos(ang)
+    my, mx = (int(np.ceil(abs(c) * _PAN_HORIZON)) + 2 for c in (vy, vx))
+    canvas = _scene(rng, h + my, w + mx, pal, (h, w))
+    t = np.arange(n)
+    oys = _bounce(0.0 if vy >= 0 else my - 2, vy, t, my - 2)
+    oxs = _bounce(0.0 if vx >= 0 else mx - 2, vx, t, mx - 2)
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i, (oy, ox) in enumerate(zip(oys, oxs)):
+        y, x = int(oy), int(ox)
+        fy, fx = _F32(oy - y), _F32(ox - x)
+        top = canvas[y:y + h, x:x + w] * (1 - fx) + canvas[y:y + h, x + 1:x + 1 + w] * fx
+        bot = canvas[y + 1:y + 1 + h, x:x + w] * (1 - fx) + canvas[y + 1:y + 1 + h, x + 1:x + 1 + w] * fx
+        out[i] = _to_u8(top * (1 - fy) + bot * fy)
+    return out
+
+
+def _sprites_over(rng, n, h, w, bg, sprites, speeds):
+    """Composite bouncing sprites [(rgb_u8, mask)] over a uint8 background; returns the clip."""
+    t = np.arange(n)
+    tracks = []
+    for (rgb, mask), speed in zip(sprites, speeds):
+        s = mask.shape[0]
+        ang = rng.uniform(0, 2 * np.pi)
+        ys = _bounce(rng.uniform(0, h - s), speed * np.sin(ang), t, h - s)
+        xs = _bounce(rng.uniform(0, w - s), speed * np.cos(ang), t, w - s)
+        tracks.append((rgb, mask, np.rint(ys).astype(int), np.rint(xs).astype(int)))
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        out[i] = bg
+        for rgb, mask, ys, xs in tracks:
+            _paste(out[i], rgb, mask, ys[i], xs[i])
+    return out
+
+
+def _fast_translation(rng, n, h, w):
+    pal, ref = _palette(rng), min(h, w)
+    bg = _to_u8(_scene(rng, h, w, pal, (h, w)))
+    k = int(rng.integers(2, 4))
+    sprites = [_shape(rng, pal, ref, 0.13, 0.22) for _ in range(k)]
+    sprites = [(_to_u8(rgb), m) for rgb, m in sprites]
+    return _sprites_over(rng, n, h, w, bg, sprites, rng.uniform(5, 12, k) * ref / _REF)
+
+
+def _occlusion(rng, n, h, w):
+    # Render in a transposed frame half the time so the occluder is either vertical or horizontal.
+    if rng.random() < 0.5:
+        return np.ascontiguousarray(_occlusion_vertical(rng, n, w, h).transpose(0, 2, 1, 3))
+    return _occlusion_vertical(rng, n, h, w)
+
+
+def _occlusion_vertical(rng, n, h, w):
+    """A sprite drifts mostly horizontally and passes behind a full-height textured bar."""
+    pal, ref = _palette(rng), min(h, w)
+    bg = _to_u8(_scene(rng, h, w, pal, (h, w)))
+    rgb, mask = _shape(rng, pal, ref, 0.1, 0.17)
+    s = mask.shape[0]
+    cols = np.flatnonzero(mask.any(0))
+    bw = min(int(cols[-1] - cols[0]) + 1 + max(2, ref // 30), w // 2)  # wide enough to hide it
+    bx = int(np.clip(rng.uniform(0.35, 0.65) * w - bw / 2, 0, w - bw))
+    yy, xx = np.mgrid[0:h, 0:bw].astype(_F32)
+    bar = _texture(rng, xx, yy, pal, ref)
+    bar[:, :max(1, bw // 12)] *= 0.3  # shadowed edges make the occluding boundary explicit
+    bar[:, -max(1, bw // 12):] *= 0.3
+    bar = _to_u8(bar)
+    t = np.arange(n)
+    vx, vy = rng.uniform(3, 6) * rng.choice([-1, 1]) * ref / _REF, rng.uniform(-0.5, 0.5) * ref / _REF
+    ys = np.rint(_bounce(rng.uniform(0, h - s), vy, t, h - s)).astype(int)
+    xs = np.rint(_bounce(rng.uniform(0, w - s), vx, t, w - s)).astype(int)
+    rgb = _to_u8(rgb)
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        out[i] = bg
+        _paste(out[i], rgb, mask, ys[i], xs[i])
+        out[i, :, bx:bx + bw] = bar
+    return out
+
+
+def _rotate_zoom(rng, n, h, w):
+    # Inverse-map every output pixel into a square canvas large enough for any rotation at the
+    # smallest zoom, so (almost) no sample falls outside; the rest are clamped to the border.
+    pal = _palette(rng)
+    mode = int(rng.integers(3))  # 0: rotate, 1: zoom, 2: both
+    omega = np.deg2rad(rng.uniform(0.5, 2.0)) * rng.choice([-1, 1]) * (mode != 1)
+    rate, period = rng.uniform(0.003, 0.01) * (mode != 0), rng.uniform(40, 120)
+    amp = min(rate * period / (2 * np.pi), 0.2)  # zoom speed peaks at `rate` per frame
+    th0, ph = rng.uniform(0, 2 * np.pi), rng.uniform(0, 2 * np.pi)
+    cy, cx = h * rng.uniform(0.35, 0.65), w * rng.uniform(0.35, 0.65)
+    d = int(np.ceil(2 * np.hypot(max(cy, h - cy), max(cx, w - cx)) / (1 - amp))) + 4
+    canvas = _pack_rgb(_to_u8(_scene(rng, d, d, pal, (h, w))))
+    yy, xx = np.mgrid[0:h, 0:w].astype(_F32)
+    dy, dx = yy - _F32(cy), xx - _F32(cx)
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        th, z = th0 + omega * i, 1 + amp * np.sin(2 * np.pi * i / period + ph)
+        c, s = _F32(np.cos(th) / z), _F32(np.sin(th) / z)
+        _bilinear(canvas, d, d, c * dy - s * dx + _F32(d / 2), c * dx + s * dy + _F32(d / 2), out[i])
+    return out
+
+
+def _pack_rgb(img: np.ndarray) -> np.ndarray:
+    """uint8 (h, w, 3) -> flat uint32 (h*w,): one gather then fetches all three channels."""
+    rgba = np.concatenate([img, np.zeros_like(img[..., :1])], -1)
+    return np.ascontiguousarray(rgba).view(np.dtype("<u4")).reshape(-1)
+
+
+def _bilinear(packed: np.ndarray, hh: int, ww: int, y: np.ndarray, x: np.ndarray,
+              out: np.ndarray) -> None:
+    """Bilinear sample of a packed (hh*ww,) RGB image at float32 coords into uint8 `out`."""
+    y = np.clip(y, 0, _F32(hh - 1.001))
+    x = np.clip(x, 0, _F32(ww - 1.001))
+    y0, x0 = np.floor(y), np.floor(x)
+    fy, fx = y - y0, x - x0
+    idx = y0.astype(np.intp) * ww + x0.astype(np.intp)
+    corners = np.take(packed, idx + np.array([0, 1, ww, ww + 1])[:, None, None])  # (4, h, w)
+    wts = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx])
+    for c in range(3):  # little-endian packing: byte c of each uint32 is channel c
+        ch = ((corners >> np.uint32(8 * c)) & np.uint32(255)).astype(_F32)
+        out[..., c] = (ch * wts).sum(0) + _F32(0.5)  # weights sum to 1, so no clipping needed
+
+
+def _color_flicker(rng, n, h, w):
+    # Per-frame 3x3 colour matrix = brightness * hue rotation about the grey axis; both have a
+    # sinusoidal part plus piecewise-constant levels that jump at a few random frames.
+    pal = _palette(rng)
+    scene = np.ascontiguousarray(_scene(rng, h, w, pal, (h, w)).transpose(2, 0, 1))  # planar
+    b_amp, b_per, b_ph = rng.uniform(0.2, 0.35), rng.uniform(8, 30), rng.uniform(0, 2 * np.pi)
+    h_amp, h_per, h_ph = rng.uniform(0.15, 0.5), rng.uniform(10, 40), rng.uniform(0, 2 * np.pi)
+    jumps = np.cumsum(rng.integers(10, 40, 64))  # fixed count keeps clips prefix-consistent
+    b_lvl = np.concatenate([[1.0], rng.uniform(0.7, 1.25, 64)])
+    h_lvl = np.concatenate([[0.0], rng.uniform(-1.2, 1.2, 64)])
+    k = np.full((3, 1), 1 / np.sqrt(3))
+    cross = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / np.sqrt(3)
+    out = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        seg = np.searchsorted(jumps, i, side="right")
+        th = h_lvl[seg] + h_amp * np.sin(2 * np.pi * i / h_per + h_ph)
+        rot = np.cos(th) * np.eye(3) + np.sin(th) * cross + (1 - np.cos(th)) * (k @ k.T)
+        m = (b_lvl[seg] * (1 + b_amp * np.sin(2 * np.pi * i / b_per + b_ph)) * rot).astype(_F32)
+        for c in range(3):  # explicit sums on planar data: fast, and no BLAS threading
+            out[i, ..., c] = _to_u8(m[c, 0] * scene[0] + m[c, 1] * scene[1] + m[c, 2] * scene[2])
+    return out
+
+
+_RENDERERS = {
+    "StaticScene": _static, "SlowPan": _slow_pan, "FastTranslation": _fast_translation,
+    "RotateZoom": _rotate_zoom, "ColorFlicker": _color_flicker, "Occlusion": _occlusion,
+}

@@ -1,0 +1,98 @@
+"""Atomic file output: write to a temporary name in the same folder, fsync, rename.
+
+A process killed at any moment leaves either the previous file or the complete new one,
+never a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+TMP_PREFIX = ".tmp-"
+
+
+def _fsync_dir(path: Path) -> None:
+    # Make the rename itself durable; not all filesystems support opening a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[Any]:
+    """Open a temporary file beside `path`; on clean exit fsync and rename it to `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + path.name + ".", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Deterministic JSON (sorted keys, fixed indent) written atomically."""
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def staging_dir(final: str | os.PathLike) -> Path:
+    """A fresh, empty sibling folder in which to build `final` before `commit_dir`."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=TMP_PREFIX + final.name + ".", dir=final.parent))
+
+
+def commit_dir(staged: str | os.PathLike, final: str | os.PathLike) -> None:
+    """Replace folder `final` with the fully written folder `staged`.
+
+    Between the two renames `final` is briefly absent, never partially written, so a crash
+    leaves either the old folder, no folder, or the new one.
+    """
+    staged, final = Path(staged), Path(final)
+    _fsync_dir(staged)
+    trash = None
+    if final.exists() or final.is_symlink():
+        trash = Path(tempfile.mkdtemp(prefix=TMP_PREFIX + final.name + ".old.", dir=final.parent))
+        os.replace(final, trash / final.name)
+    os.replace(staged, final)
+    _fsync_dir(final.parent)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def remove_stale_staging(parent: str | os.PathLike, name: str) -> None:
+    """Delete leftovers of earlier killed runs that staged `name` inside `parent`."""
+    parent = Path(parent)
+    if not parent.is_dir():
+        return
+    for p in parent.glob(f"{TMP_PREFIX}{name}.*"):
+        if p.is_dir():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                p.unlink()

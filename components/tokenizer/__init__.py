@@ -1,0 +1,1 @@
+"""CoordTok tokenizer: presets now; the model lands with the tokenizer issue."""

@@ -1,0 +1,1 @@
+"""Shared stage plumbing: CLI entry, Ray connection, MLflow tracking, progress and summaries."""

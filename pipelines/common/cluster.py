@@ -1,0 +1,86 @@
+"""One way for every stage to reach Ray: local cluster, `auto`, or host:port.
+
+Precedence: RAY_ADDRESS (when set) > params `ray.address` > a local cluster sized by params.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import ray
+from tqdm import tqdm
+
+from components.config import RayParams
+from components.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_PACKAGES = [Path(__file__).resolve().parents[2] / name for name in ("components", "pipelines")]
+
+
+def resolve_address(cfg: RayParams) -> str | None:
+    env = os.environ.get("RAY_ADDRESS", "").strip()
+    return env or cfg.address
+
+
+@contextlib.contextmanager
+def ray_cluster(cfg: RayParams) -> Iterator[dict[str, float]]:
+    """Connect (or start a local cluster) for the duration of a stage; yields cluster resources."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if ray.is_initialized():  # already connected (e.g. a test or a notebook): reuse, don't tear down
+        yield ray.cluster_resources()
+        return
+    address = resolve_address(cfg)
+    common: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    if address is None:
+        ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), num_gpus=cfg.num_gpus,
+                 object_store_memory=cfg.object_store_memory_mb * 1024 * 1024, **common)
+    else:
+        # Workers of an existing cluster may not have this project installed: ship its packages.
+        runtime_env = {"py_modules": [str(p) for p in _PACKAGES]}
+        try:
+            ray.init(address=address, runtime_env=runtime_env, **common)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserError(
+                f"cannot connect to the Ray cluster at {address!r} ({str(exc).splitlines()[0]}); start one with "
+                "`ray start --head`, fix ray.address / RAY_ADDRESS, or set ray.address: null for a local cluster"
+            ) from None
+    try:
+        yield ray.cluster_resources()
+    finally:
+        ray.shutdown()
+
+
+def run_tasks(remote_fn: Any, args: Sequence[tuple], max_in_flight: int, desc: str, unit: str = "it",
+              on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
+    """Run `remote_fn.remote(*a)` for every `a` with at most `max_in_flight` pending; results in input order.
+
+    Shows a progress bar with rate and ETA; raises the first task error.
+    """
+    results: list[Any] = [None] * len(args)
+    pending: dict[Any, int] = {}
+    next_i = 0
+    with tqdm(total=len(args), desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5) as bar:
+        while next_i < len(args) or pending:
+            while next_i < len(args) and len(pending) < max_in_flight:
+                pending[remote_fn.remote(*args[next_i])] = next_i
+                next_i += 1
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i = pending.pop(ref)
+                results[i] = ray.get(ref)
+                if on_result is not None:
+                    on_result(i, results[i])
+                bar.update(1)
+    return results
+
+
+def default_parallelism(resources: dict[str, float], cpus_per_task: float, max_in_flight: int | None) -> int:
+    """Tasks to keep in flight: what the cluster's CPUs allow, unless params cap it."""
+    if max_in_flight is not None:
+        return max_in_flight
+    return max(1, int(resources.get("CPU", 1) // cpus_per_task))
