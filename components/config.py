@@ -67,7 +67,7 @@ class PreprocessParams(_Section):
                                  description="FFmpeg threads per decode task (0 = FFmpeg's choice); parallelism comes from Ray.")
     chunk_frames: int = Field(16, ge=1, le=512, description="Frames per compressed chunk of the frame store.")
     compression: Literal["zstd", "none"] = Field("zstd", description="Chunk codec of the frame store.")
-    compression_level: int = Field(3, ge=1, le=22, description="zstd level (decode speed barely depends on it).")
+    compression_level: int = Field(1, ge=1, le=22, description="zstd level: 1 encodes ~1.8x faster than 3 for a ~2% larger store; decode speed barely changes.")
     temporal_delta: bool = Field(True, description="Store frame differences inside a chunk (compresses static content).")
 
 

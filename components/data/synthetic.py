@@ -2,9 +2,19 @@
 
 Each clip is a textured scene (multi-octave value noise, a colour gradient and striped /
 checkered / noisy shapes with dark outlines, all from a random per-clip palette) animated by
-one of several motion families with clearly different dynamics. Pure numpy; every random
-draw comes from ``np.random.default_rng(seed)`` and no draw depends on ``n_frames``, so a
-shorter clip is an exact prefix of a longer one with the same family and seed.
+one of several motion families with clearly different dynamics:
+
+- StaticScene: no motion; SlowPan: sub-pixel camera pan over a larger canvas;
+- FastTranslation: 1-2 sprites bouncing at 5-12 px/frame over a static background;
+- RotateZoom: rotation and/or oscillating zoom about a point (bilinear inverse warp);
+- ColorFlicker: static scene under sinusoidal + jumping brightness / hue changes;
+- Occlusion: two sprites pass behind a static full-height (or full-width) bar.
+
+Speeds are quoted for a 240-pixel short side and scale with the frame, so small test clips
+look like downscaled full-size ones. Pure numpy; every random draw comes from
+``np.random.default_rng(seed)`` and none depends on ``n_frames``, so a shorter clip is an exact
+prefix of a longer one with the same family and seed. StaticScene, FastTranslation and
+ColorFlicker with the same seed share their background scene.
 """
 
 from __future__ import annotations
@@ -186,21 +196,22 @@ def _slow_pan(rng, n, h, w):
     for i, (oy, ox) in enumerate(zip(oys, oxs)):
         y, x = int(oy), int(ox)
         fy, fx = _F32(oy - y), _F32(ox - x)
-        top = canvas[y:y + h, x:x + w] * (1 - fx) + canvas[y:y + h, x + 1:x + 1 + w] * fx
-        bot = canvas[y + 1:y + 1 + h, x:x + w] * (1 - fx) + canvas[y + 1:y + 1 + h, x + 1:x + 1 + w] * fx
-        out[i] = _to_u8(top * (1 - fy) + bot * fy)
+        win = canvas[y:y + h + 1, x:x + w + 1]  # window plus one extra row and column
+        row = win[:, :-1] * (1 - fx) + win[:, 1:] * fx
+        out[i] = _to_u8(row[:-1] * (1 - fy) + row[1:] * fy)
     return out
 
 
-def _sprites_over(rng, n, h, w, bg, sprites, speeds):
-    """Composite bouncing sprites [(rgb_u8, mask)] over a uint8 background; returns the clip."""
+def _sprites_over(rng, n, bg, sprites, velocities):
+    """Composite sprites [(rgb_u8, mask)] moving at (vy, vx) px/frame and bouncing off the
+    borders over a static uint8 background; returns the clip."""
+    h, w = bg.shape[:2]
     t = np.arange(n)
     tracks = []
-    for (rgb, mask), speed in zip(sprites, speeds):
+    for (rgb, mask), (vy, vx) in zip(sprites, velocities):
         s = mask.shape[0]
-        ang = rng.uniform(0, 2 * np.pi)
-        ys = _bounce(rng.uniform(0, h - s), speed * np.sin(ang), t, h - s)
-        xs = _bounce(rng.uniform(0, w - s), speed * np.cos(ang), t, w - s)
+        ys = _bounce(rng.uniform(0, h - s), vy, t, h - s)
+        xs = _bounce(rng.uniform(0, w - s), vx, t, w - s)
         tracks.append((rgb, mask, np.rint(ys).astype(int), np.rint(xs).astype(int)))
     out = np.empty((n, h, w, 3), np.uint8)
     for i in range(n):
@@ -213,10 +224,10 @@ def _sprites_over(rng, n, h, w, bg, sprites, speeds):
 def _fast_translation(rng, n, h, w):
     pal, ref = _palette(rng), min(h, w)
     bg = _to_u8(_scene(rng, h, w, pal, (h, w)))
-    k = int(rng.integers(2, 4))
-    sprites = [_shape(rng, pal, ref, 0.13, 0.22) for _ in range(k)]
-    sprites = [(_to_u8(rgb), m) for rgb, m in sprites]
-    return _sprites_over(rng, n, h, w, bg, sprites, rng.uniform(5, 12, k) * ref / _REF)
+    k = int(rng.integers(1, 3))
+    sprites = [(_to_u8(rgb), m) for rgb, m in (_shape(rng, pal, ref, 0.15, 0.24) for _ in range(k))]
+    speed, ang = rng.uniform(5, 12, k) * ref / _REF, rng.uniform(0, 2 * np.pi, k)
+    return _sprites_over(rng, n, bg, sprites, zip(speed * np.sin(ang), speed * np.cos(ang)))
 
 
 def _occlusion(rng, n, h, w):
@@ -227,29 +238,22 @@ def _occlusion(rng, n, h, w):
 
 
 def _occlusion_vertical(rng, n, h, w):
-    """A sprite drifts mostly horizontally and passes behind a full-height textured bar."""
+    """Two sprites drift mostly horizontally and pass behind a full-height textured bar."""
     pal, ref = _palette(rng), min(h, w)
     bg = _to_u8(_scene(rng, h, w, pal, (h, w)))
-    rgb, mask = _shape(rng, pal, ref, 0.1, 0.17)
-    s = mask.shape[0]
-    cols = np.flatnonzero(mask.any(0))
-    bw = min(int(cols[-1] - cols[0]) + 1 + max(2, ref // 30), w // 2)  # wide enough to hide it
+    sprites = [_shape(rng, pal, ref, 0.11, 0.18) for _ in range(2)]
+    extent = max(np.ptp(np.flatnonzero(m.any(0))) + 1 for _, m in sprites)
+    bw = min(int(extent) + max(2, ref // 30), w // 2)  # wide enough to hide a sprite fully
     bx = int(np.clip(rng.uniform(0.35, 0.65) * w - bw / 2, 0, w - bw))
     yy, xx = np.mgrid[0:h, 0:bw].astype(_F32)
     bar = _texture(rng, xx, yy, pal, ref)
-    bar[:, :max(1, bw // 12)] *= 0.3  # shadowed edges make the occluding boundary explicit
-    bar[:, -max(1, bw // 12):] *= 0.3
-    bar = _to_u8(bar)
-    t = np.arange(n)
-    vx, vy = rng.uniform(3, 6) * rng.choice([-1, 1]) * ref / _REF, rng.uniform(-0.5, 0.5) * ref / _REF
-    ys = np.rint(_bounce(rng.uniform(0, h - s), vy, t, h - s)).astype(int)
-    xs = np.rint(_bounce(rng.uniform(0, w - s), vx, t, w - s)).astype(int)
-    rgb = _to_u8(rgb)
-    out = np.empty((n, h, w, 3), np.uint8)
-    for i in range(n):
-        out[i] = bg
-        _paste(out[i], rgb, mask, ys[i], xs[i])
-        out[i, :, bx:bx + bw] = bar
+    edge = max(1, bw // 12)
+    bar[:, :edge] *= 0.3  # shadowed edges make the occluding boundary explicit
+    bar[:, -edge:] *= 0.3
+    speed = rng.uniform(4, 8, 2) * rng.choice([-1, 1], 2) * ref / _REF
+    drift = rng.uniform(-0.5, 0.5, 2) * ref / _REF
+    out = _sprites_over(rng, n, bg, [(_to_u8(c), m) for c, m in sprites], zip(drift, speed))
+    out[:, :, bx:bx + bw] = _to_u8(bar)  # the occluder is drawn last, on top of everything
     return out
 
 
@@ -271,29 +275,45 @@ def _rotate_zoom(rng, n, h, w):
     for i in range(n):
         th, z = th0 + omega * i, 1 + amp * np.sin(2 * np.pi * i / period + ph)
         c, s = _F32(np.cos(th) / z), _F32(np.sin(th) / z)
-        _bilinear(canvas, d, d, c * dy - s * dx + _F32(d / 2), c * dx + s * dy + _F32(d / 2), out[i])
+        sy, sx = c * dy - s * dx + _F32(d / 2), c * dx + s * dy + _F32(d / 2)
+        _bilinear(canvas, d, d, sy, sx, out[i])
     return out
 
 
+# Warps work on RGB packed into 16-bit lanes of a uint64, one lane per channel: a single gather
+# fetches a whole pixel and one integer multiply-add interpolates all three channels at once.
+_LANES = np.uint64(0x000000FF00FF00FF)
+_HALF = np.uint64(0x0000008000800080)  # +0.5 in each lane for rounding
+
+
 def _pack_rgb(img: np.ndarray) -> np.ndarray:
-    """uint8 (h, w, 3) -> flat uint32 (h*w,): one gather then fetches all three channels."""
-    rgba = np.concatenate([img, np.zeros_like(img[..., :1])], -1)
-    return np.ascontiguousarray(rgba).view(np.dtype("<u4")).reshape(-1)
+    """uint8 (h, w, 3) -> flat uint64 (h*w,) with channel c in bits [16c, 16c + 8)."""
+    x = img.reshape(-1, 3).astype(np.uint64)
+    return x[:, 0] | (x[:, 1] << np.uint64(16)) | (x[:, 2] << np.uint64(32))
+
+
+def _lerp_packed(a: np.ndarray, b: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """Per-lane round((a * (256 - t) + b * t) / 256) for t in [0, 256]; lanes cannot overflow."""
+    return ((a * (256 - t) + b * t + _HALF) >> np.uint64(8)) & _LANES
 
 
 def _bilinear(packed: np.ndarray, hh: int, ww: int, y: np.ndarray, x: np.ndarray,
               out: np.ndarray) -> None:
-    """Bilinear sample of a packed (hh*ww,) RGB image at float32 coords into uint8 `out`."""
+    """Bilinear sample of a packed (hh*ww,) image at float32 coords into uint8 out (h, w, 3).
+
+    Coordinates are clamped, i.e. samples outside the image take the border colour.
+    """
     y = np.clip(y, 0, _F32(hh - 1.001))
     x = np.clip(x, 0, _F32(ww - 1.001))
     y0, x0 = np.floor(y), np.floor(x)
-    fy, fx = y - y0, x - x0
+    ty = ((y - y0) * 256 + 0.5).astype(np.uint64)  # 8-bit fixed-point weights
+    tx = ((x - x0) * 256 + 0.5).astype(np.uint64)
     idx = y0.astype(np.intp) * ww + x0.astype(np.intp)
-    corners = np.take(packed, idx + np.array([0, 1, ww, ww + 1])[:, None, None])  # (4, h, w)
-    wts = np.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx])
-    for c in range(3):  # little-endian packing: byte c of each uint32 is channel c
-        ch = ((corners >> np.uint32(8 * c)) & np.uint32(255)).astype(_F32)
-        out[..., c] = (ch * wts).sum(0) + _F32(0.5)  # weights sum to 1, so no clipping needed
+    top = _lerp_packed(packed[idx], packed[idx + 1], tx)
+    bot = _lerp_packed(packed[idx + ww], packed[idx + ww + 1], tx)
+    v = _lerp_packed(top, bot, ty)
+    for c in range(3):
+        out[..., c] = (v >> np.uint64(16 * c)).astype(np.uint8)  # low byte of the lane
 
 
 def _color_flicker(rng, n, h, w):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -27,6 +28,23 @@ def resolve_address(cfg: RayParams) -> str | None:
     return env or cfg.address
 
 
+def _probe(address: str, timeout: float = 5.0) -> None:
+    """Fail fast on a dead host:port: ray.init would otherwise retry for minutes."""
+    if address == "auto" or address.startswith("auto"):
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"ray.address / RAY_ADDRESS = {address!r} is not allowed: use null, \"auto\" or host:port")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            pass
+    except OSError as exc:
+        raise UserError(f"cannot connect to the Ray cluster at {address!r} ({exc.strerror or exc}); start one with "
+                        "`ray start --head`, fix ray.address / RAY_ADDRESS, or set ray.address: null "
+                        "for a local cluster") from None
+
+
 @contextlib.contextmanager
 def ray_cluster(cfg: RayParams) -> Iterator[dict[str, float]]:
     """Connect (or start a local cluster) for the duration of a stage; yields cluster resources."""
@@ -40,6 +58,7 @@ def ray_cluster(cfg: RayParams) -> Iterator[dict[str, float]]:
         ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), num_gpus=cfg.num_gpus,
                  object_store_memory=cfg.object_store_memory_mb * 1024 * 1024, **common)
     else:
+        _probe(address)
         # Workers of an existing cluster may not have this project installed: ship its packages.
         runtime_env = {"py_modules": [str(p) for p in _PACKAGES]}
         try:
@@ -47,7 +66,8 @@ def ray_cluster(cfg: RayParams) -> Iterator[dict[str, float]]:
         except (ConnectionError, RuntimeError, ValueError) as exc:
             raise UserError(
                 f"cannot connect to the Ray cluster at {address!r} ({str(exc).splitlines()[0]}); start one with "
-                "`ray start --head`, fix ray.address / RAY_ADDRESS, or set ray.address: null for a local cluster"
+                "`ray start --head`, fix ray.address / RAY_ADDRESS (and RAY_AUTH_TOKEN if the cluster uses token "
+                "auth), or set ray.address: null for a local cluster"
             ) from None
     try:
         yield ray.cluster_resources()

@@ -1,0 +1,51 @@
+"""Shared fixtures: the real params.yaml shrunk to test size, a Ray cluster shared by in-process stages."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def shrink(raw: dict, tmp: Path) -> dict:
+    """The committed params.yaml, shrunk: tiny synthetic set, paths and stores inside `tmp`."""
+    raw = {k: dict(v) for k, v in raw.items()}
+    raw["synthesize"].update(out_dir=str(tmp / "synthetic"), num_classes=2, groups=8, clips_per_group=1,
+                             min_seconds=0.6, max_seconds=1.0, width=96, height=64)
+    raw["data"].update(raw_dir=str(tmp / "synthetic" / "UCF-101"),
+                       splits_dir=str(tmp / "synthetic" / "ucfTrainTestlist"), img_size=32, num_frames=8)
+    raw["mlflow"].update(tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}")
+    raw["ray"].update(num_cpus=2)
+    return raw
+
+
+@pytest.fixture
+def raw_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.fixture
+def tiny_params_file(tmp_path: Path, raw_params: dict) -> Path:
+    """A params.yaml in tmp_path (the stage root) with the tiny settings."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(shrink(raw_params, tmp_path), sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """One local Ray cluster for in-process stage runs (stages reuse an initialised Ray)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=256 * 1024 * 1024,
+             logging_level="WARNING", log_to_driver=False)
+    yield
+    ray.shutdown()

@@ -1,0 +1,183 @@
+"""The preprocess stage on a hand-made UCF-101 layout full of real-world and broken files."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import media_factory as mf
+from components.config import load_params
+from components.data.store import FrameFile
+from components.data.video import decode_video
+from components.errors import UserError
+from pipelines.preprocess import INDEX_COLUMNS, preprocess
+
+GOOD = {  # rel path -> factory
+    "Alpha/v_Alpha_g08_c01.avi": lambda p: mf.ucf_like_avi(p, n_frames=12),
+    "Alpha/v_Alpha_g09_c01.avi": lambda p: mf.h264_mp4(p, n_frames=12),            # MP4 named .avi
+    "Alpha/v_Alpha_g01_c01.mkv": lambda p: mf.mkv_file(p, n_frames=12),
+    "Alpha/v_Alpha_g02_c01.webm": lambda p: mf.webm_vp8(p, n_frames=12),
+    "Alpha/v_Alpha_g03_c01.mp4": lambda p: mf.rotated_mp4(p, n_frames=12),
+    "Alpha/v_Alpha_g04_c01.mp4": lambda p: mf.vfr_mp4(p, n_frames=12),
+    "Beta/v_Beta_g08_c01.mkv": lambda p: mf.no_duration_stream(p, n_frames=12),
+    "Beta/v_Beta_g09_c01.mp4": lambda p: mf.with_audio(p, n_frames=12),
+    "Beta/v_Beta_g10_c01.mkv": lambda p: mf.two_video_streams(p, n_frames=12),
+    "Beta/v_Beta_g01_c01.avi": lambda p: mf.qcif(p, n_frames=12),
+    "Beta/v_Beta_g02_c01.avi": lambda p: mf.portrait(p, n_frames=12),
+    "Beta/v_Beta_g03_c01.avi": lambda p: mf.tiny_16(p, n_frames=12),
+    "Beta/v_Beta_g04_c01.avi": lambda p: mf.large_4k(p, n_frames=9),
+    "Beta/v_Beta_g05_c01.mp4": lambda p: mf.non25_fps(p, fps=30, n_frames=12),
+    "Beta/v_Beta_g06_c01.avi": lambda p: mf.corrupt_middle(p),
+}
+BAD = {  # rel path -> (factory or None, expected reason fragment)
+    "Alpha/v_Alpha_g10_c01.avi": (mf.zero_byte, "empty file"),
+    "Alpha/v_Alpha_g11_c01.avi": (mf.random_bytes, "not a readable media file"),
+    "Alpha/v_Alpha_g12_c01.avi": (mf.audio_only, "no video stream"),
+    "Alpha/v_Alpha_g13_c01.avi": (mf.zero_frames, "no frames"),
+    "Alpha/v_Alpha_g14_c01.avi": (mf.one_frame, "only 1 decodable frames"),
+    "Alpha/v_Alpha_g15_c01.avi": (lambda p: mf.truncated(p, keep_fraction=0.1), "not a readable media file"),
+    "Alpha/v_Alpha_g16_c01.avi": (None, "missing from data.raw_dir"),
+    "Alpha/v_Alpha_g17_c01.avi": ("symlink", "resolves outside data.raw_dir"),
+    "Alpha/v_Alpha_g18_c01.avi": ("dir", "not a regular file"),
+}
+
+
+def _build_dataset(tmp: Path) -> tuple[Path, Path]:
+    raw, splits = tmp / "raw", tmp / "lists"
+    for rel, factory in GOOD.items():
+        factory(raw / rel)
+    outside = mf.ucf_like_avi(tmp / "outside" / "secret.avi", n_frames=12)
+    for rel, (factory, _) in BAD.items():
+        if factory == "symlink":
+            (raw / rel).parent.mkdir(parents=True, exist_ok=True)
+            os.symlink(outside, raw / rel)
+        elif factory == "dir":
+            (raw / rel).mkdir(parents=True)
+        elif factory is not None:
+            factory(raw / rel)
+    splits.mkdir()
+    (splits / "classInd.txt").write_text("1 Alpha\r\n2 Beta\r\ngarbage line here\r\n")
+    train, test = [], []
+    for rel in [*GOOD, *BAD]:
+        group = int(rel.split("_g")[1][:2])
+        label = 1 if rel.startswith("Alpha") else 2
+        (test.append(rel) if group <= 7 else train.append(f"{rel} {label}"))
+    train += ["Alpha/v_Alpha_g08_c01.avi 1",          # duplicate line
+              "../outside/secret.avi 1",               # escapes the root
+              "Gamma/v_Gamma_g08_c01.avi 3",           # class not in classInd
+              "this line does not parse at all"]
+    (splits / "trainlist01.txt").write_text("\r\n".join(train) + "\r\n")
+    (splits / "testlist01.txt").write_text("\r\n".join(test) + "\r\n")
+    return raw, splits
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, Path]:
+    return _build_dataset(tmp_path_factory.mktemp("ucf"))
+
+
+def _params_file(root: Path, raw: Path, splits: Path, raw_params: dict, **data) -> Path:
+    raw_params = {k: dict(v) for k, v in raw_params.items()}
+    raw_params["data"].update({"raw_dir": str(raw), "splits_dir": str(splits), "img_size": 32, "num_frames": 8,
+                               "min_frames": 4, "max_bad_fraction": 1.0, **data})
+    raw_params["mlflow"]["tracking_uri"] = "sqlite:///mlruns.db"
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw_params))
+    return path
+
+
+def _tree_digest(folder: Path) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_bad_inputs_are_skipped_with_reasons_and_good_ones_stored(tmp_path, dataset, raw_params, ray_local):
+    raw, splits = dataset
+    pfile = _params_file(tmp_path / "run", raw, splits, raw_params)
+    report = preprocess(load_params(pfile), pfile.parent)
+    root = pfile.parent
+
+    on_disk = json.loads((root / "reports/preprocess.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    reasons = {d["path"]: d["reason"] for d in on_disk["skipped"]}
+    for rel, (_, fragment) in BAD.items():
+        assert fragment in reasons[rel], (rel, reasons.get(rel))
+    assert "duplicate" in reasons["Alpha/v_Alpha_g08_c01.avi"]
+    assert "escapes the dataset root" in reasons["../outside/secret.avi"]
+    assert "not in classInd.txt" in reasons["Gamma/v_Gamma_g08_c01.avi"]
+    assert any(p.startswith("trainlist01.txt:") for p in reasons)
+    assert any(p.startswith("classInd.txt:") for p in reasons)
+    assert on_disk["listed"] == len(GOOD) + len(BAD) + 4
+    assert on_disk["stored"] == len(GOOD)
+
+    index = pd.read_parquet(root / "data/processed/index.parquet")
+    assert list(index.columns[:len(INDEX_COLUMNS)]) == INDEX_COLUMNS
+    assert set(index["source"]) == set(GOOD)
+    assert set(index["split"]) == {"train", "test"}
+    assert index.loc[index.source == "Alpha/v_Alpha_g03_c01.mp4", "rotation"].item() == 90
+    assert index.loc[index.source == "Beta/v_Beta_g05_c01.mp4", "fps"].item() == pytest.approx(30.0)
+    assert set(index["label"]) == {0, 1}
+    # Every stored video reads back exactly as a direct decode of its source.
+    for row in index.itertuples():
+        f = FrameFile(root / "data/processed" / row.frames_path)
+        assert f.n_frames == row.n_frames and f.header.height == 32
+        direct = decode_video(raw / row.source, 32).frames
+        window = min(8, row.n_frames)
+        start = row.n_frames - window
+        np.testing.assert_array_equal(f.read(start, window), direct[start:start + window])
+    # Nothing half-written is left beside the outputs.
+    assert not [p for p in (root / "data").iterdir() if p.name.startswith(".tmp-")]
+
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["coordtok"])
+    assert len(runs) == 1
+    run = runs.iloc[0]
+    assert run["tags.stage"] == "preprocess" and run["params.data.img_size"] == "32"
+    assert run["metrics.videos_stored"] == len(GOOD) and run["metrics.frames_per_second"] > 0
+    assert len(run["tags.params.hash"]) == 12
+    arts = mlflow.artifacts.list_artifacts(run_id=run["run_id"])
+    assert [a.path for a in arts] == ["preprocess.json"]
+
+
+def test_same_inputs_give_identical_bytes(tmp_path, dataset, raw_params, ray_local):
+    raw, splits = dataset
+    digests = []
+    for name in ("a", "b"):
+        pfile = _params_file(tmp_path / name, raw, splits, raw_params, fps=20.0)
+        preprocess(load_params(pfile), pfile.parent)
+        digests.append((_tree_digest(pfile.parent / "data/processed"),
+                        (pfile.parent / "reports/preprocess.json").read_bytes()))
+    assert digests[0] == digests[1]
+    assert len(digests[0][0]) == len(GOOD) + 1
+
+
+def test_too_many_bad_files_fail_without_replacing_outputs(tmp_path, dataset, raw_params, ray_local):
+    raw, splits = dataset
+    pfile = _params_file(tmp_path / "run", raw, splits, raw_params, max_bad_fraction=0.1)
+    previous = pfile.parent / "data/processed"
+    previous.mkdir(parents=True)
+    (previous / "index.parquet").write_bytes(b"earlier complete output")
+    with pytest.raises(UserError, match=r"listed videos are bad .* more than data.max_bad_fraction = 10.0%"):
+        preprocess(load_params(pfile), pfile.parent)
+    assert (previous / "index.parquet").read_bytes() == b"earlier complete output"
+    assert sorted(p.name for p in (pfile.parent / "data").iterdir()) == ["processed"]
+    assert json.loads((pfile.parent / "reports/preprocess.json").read_text())["skipped_count"] > 0
+
+
+def test_missing_folders_are_one_sentence_errors(tmp_path, dataset, raw_params):
+    raw, splits = dataset
+    pfile = _params_file(tmp_path / "run", tmp_path / "nope", splits, raw_params)
+    with pytest.raises(UserError, match="data.raw_dir = .* is not a folder"):
+        preprocess(load_params(pfile), pfile.parent)
+    pfile = _params_file(tmp_path / "run", raw, splits, raw_params, split=2)
+    with pytest.raises(UserError, match="lacks trainlist02.txt"):
+        preprocess(load_params(pfile), pfile.parent)
