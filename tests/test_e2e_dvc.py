@@ -1,0 +1,77 @@
+"""End to end: `dvc repro` of the real dvc.yaml on a fresh copy of the repository, shrunk params."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from conftest import REPO
+
+
+def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture
+def repo_copy(tmp_path: Path) -> Path:
+    """The committed and new (not ignored) files of this checkout, as a fresh git repository."""
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    dst = tmp_path / "repo"
+    for rel in filter(None, files):
+        src = REPO / rel
+        if src.is_file():
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dst / rel)
+    raw = yaml.safe_load((dst / "params.yaml").read_text())
+    raw["synthesize"].update(num_classes=2, groups=8, clips_per_group=1, min_seconds=0.6, max_seconds=1.0,
+                             width=96, height=64)
+    raw["data"].update(img_size=32, num_frames=8)
+    raw["ray"].update(num_cpus=2)
+    (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    _run(["git", "init", "-q"], dst)
+    _run(["git", "add", "-A"], dst)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"], dst)
+    return dst
+
+
+@pytest.mark.slow
+def test_dvc_repro_synthesize_and_preprocess(repo_copy: Path):
+    out = _run(["dvc", "repro"], repo_copy)
+    assert "Running stage 'synthesize'" in out.stdout and "Running stage 'preprocess'" in out.stdout
+    index = pd.read_parquet(repo_copy / "data/processed/index.parquet")
+    assert len(index) == 16 and set(index["split"]) == {"train", "test"}
+    assert (repo_copy / "reports/preprocess.json").is_file()
+    assert (repo_copy / "mlruns.db").is_file()
+    # Outputs are git-ignored by DVC; the lock file records them.
+    status = _run(["git", "status", "--porcelain"], repo_copy).stdout
+    assert "data/" not in status and "dvc.lock" in status
+
+    again = _run(["dvc", "repro"], repo_copy)
+    assert "Running stage" not in again.stdout
+
+    # A param of one stage reruns that stage only.
+    raw = yaml.safe_load((repo_copy / "params.yaml").read_text())
+    raw["data"]["img_size"] = 48
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    dry = _run(["dvc", "repro", "--dry"], repo_copy).stdout
+    assert "Running stage 'preprocess'" in dry and "Running stage 'synthesize'" not in dry
+
+    # `dvc exp run -S` overrides go through the same validation, before any compute.
+    bad = _run(["dvc", "exp", "run", "-S", "data.img_size=60"], repo_copy, check=False)
+    assert bad.returncode != 0
+    assert "data.img_size = 60 is not allowed: it must be a multiple of" in bad.stdout + bad.stderr
