@@ -82,3 +82,12 @@ def test_stage_cli_rejects_bad_params_before_compute(tmp_path: Path, raw_params,
     assert "data.img_size = 60 is not allowed" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "data").exists() and not (tmp_path / "mlruns.db").exists()
+
+
+def test_readme_params_reference_is_current():
+    text = (REPO / "README.md").read_text()
+    start = text.index("<!-- params-reference:start")
+    start = text.index("\n", start) + 1
+    end = text.index("<!-- params-reference:end -->")
+    assert text[start:end].strip() == params_reference().strip(), \
+        "README params table is stale: regenerate it with `python -m pipelines.params reference`"

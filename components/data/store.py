@@ -65,7 +65,7 @@ def _encode_chunk(chunk: np.ndarray, delta: bool, compressor: zstandard.ZstdComp
 
 
 def encode_frames(frames: np.ndarray, fps: float, chunk_frames: int = 16, codec: str = "zstd",
-                  level: int = 3, temporal_delta: bool = True) -> bytes:
+                  level: int = 1, temporal_delta: bool = True) -> bytes:
     """Serialise [T, H, W, C] uint8 frames into the store format (deterministic bytes)."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or len(frames) == 0:
