@@ -181,3 +181,49 @@ def test_missing_folders_are_one_sentence_errors(tmp_path, dataset, raw_params):
     pfile = _params_file(tmp_path / "run", raw, splits, raw_params, split=2)
     with pytest.raises(UserError, match="lacks trainlist02.txt"):
         preprocess(load_params(pfile), pfile.parent)
+
+
+def test_killed_run_leaves_nothing_that_looks_complete(tmp_path, raw_params):
+    """SIGKILL the stage while it writes frames: no data/processed; the rerun completes and tidies up."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    raw = tmp_path / "raw"
+    splits = tmp_path / "lists"
+    splits.mkdir()
+    rels = [f"Alpha/v_Alpha_g{8 + i % 17:02d}_c{1 + i // 17:02d}.avi" for i in range(40)]
+    for rel in rels:
+        mf.ucf_like_avi(raw / rel, n_frames=60)
+    (splits / "classInd.txt").write_text("1 Alpha\n")
+    (splits / "trainlist01.txt").write_text("".join(f"{r} 1\n" for r in rels))
+    (splits / "testlist01.txt").write_text("")
+    pfile = _params_file(tmp_path / "run", raw, splits, raw_params)
+    cfg = yaml.safe_load(pfile.read_text())
+    cfg["preprocess"]["max_in_flight"] = 1  # slow enough to be caught mid-way
+    cfg["ray"]["num_cpus"] = 1
+    pfile.write_text(yaml.safe_dump(cfg))
+    data_dir = pfile.parent / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.preprocess", "--params", str(pfile)],
+                            cwd=pfile.parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 180
+    while time.time() < deadline:
+        staged = list(data_dir.glob(".tmp-processed.*/frames/*.frames")) if data_dir.exists() else []
+        if staged:
+            break
+        assert proc.poll() is None, "the stage finished before it could be killed"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (data_dir / "processed").exists()
+    assert not (pfile.parent / "reports" / "preprocess.json").exists()
+
+    cfg["preprocess"]["max_in_flight"] = None
+    cfg["ray"]["num_cpus"] = 2
+    pfile.write_text(yaml.safe_dump(cfg))
+    subprocess.run([sys.executable, "-m", "pipelines.preprocess", "--params", str(pfile)], cwd=pfile.parent,
+                   check=True, capture_output=True, timeout=300)
+    assert len(pd.read_parquet(data_dir / "processed" / "index.parquet")) == 40
+    assert [p.name for p in data_dir.iterdir()] == ["processed"]
