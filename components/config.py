@@ -73,10 +73,44 @@ class PreprocessParams(_Section):
 
 class TokenizerParams(_Section):
     preset: str = Field("CoordTok-tiny", description=f"One of {sorted(TOKENIZER_PRESETS)}.")
+    latent_resolution_xy: int | None = Field(None, ge=1, le=256,
+                                             description="Override the preset's triplane H' = W' (paper ablation: 8/16/32).")
+    latent_resolution_t: int | None = Field(None, ge=1, le=1024,
+                                            description="Override the preset's triplane T' (paper ablation: 16/32/64).")
+    decode_group_frames: int = Field(1, ge=1, le=4096,
+                                     description="Frames decoded together in one attention context by full/random-access decoding.")
 
     @property
     def arch(self) -> TokenizerArch:
-        return TOKENIZER_PRESETS[self.preset]
+        """The preset with this section's overrides applied."""
+        arch = TOKENIZER_PRESETS[self.preset]
+        changes = {k: getattr(self, k) for k in ("latent_resolution_xy", "latent_resolution_t")
+                   if getattr(self, k) is not None}
+        return arch.replace(**changes) if changes else arch
+
+
+class PretrainParams(_Section):
+    seed: int = Field(0, ge=0, description="Model init and per-step sampling seed.")
+    steps: int = Field(600, ge=1, description="Optimizer steps (paper: 1,000,000).")
+    batch_size: int = Field(8, ge=1, description="Videos per optimizer step, all workers and accumulation steps together (paper: 256).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
+    sampling_ratio: float = Field(0.125, gt=0, le=1,
+                                  description="Fraction of a clip's patches decoded per step (paper: 0.03125 = 1,024 of 32,768).")
+    lr: float = Field(1e-3, gt=0, le=1, description="AdamW peak learning rate (paper: 1e-4).")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine schedule floor as a fraction of lr.")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")
+    weight_decay: float = Field(0.001, ge=0, description="AdamW weight decay (paper: 0.001).")
+    grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip; 0 turns it off.")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPUs with bf16 and on CPU.")
+    log_every: int = Field(10, ge=1, description="Steps between logged training metrics.")
+    eval_every: int = Field(200, ge=1, description="Steps between evaluations on held-out test videos.")
+    eval_videos: int = Field(8, ge=1, description="Test videos reconstructed per evaluation.")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between Ray Train checkpoints.")
+    keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in Ray storage.")
+    num_workers: int = Field(1, ge=1, description="Ray Train (DDP) workers.")
+    cpus_per_worker: float = Field(2.0, gt=0, description="CPUs per worker (also its torch threads).")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker; 0 on a cluster with GPUs means 1.")
+    storage_path: str = Field("ray_results", description="Ray Train run storage (checkpoints; a shared path for a cluster).")
 
 
 class RayParams(_Section):
@@ -99,6 +133,7 @@ class Params(_Section):
     synthesize: SynthesizeParams = SynthesizeParams()
     preprocess: PreprocessParams = PreprocessParams()
     tokenizer: TokenizerParams = TokenizerParams()
+    pretrain: PretrainParams = PretrainParams()
     ray: RayParams = RayParams()
     mlflow: MlflowParams = MlflowParams()
 
@@ -127,6 +162,22 @@ def _check_consistency(p: Params) -> None:
         if p.data.num_frames % size:
             fail("data.num_frames", p.data.num_frames,
                  f"it must be a multiple of the {p.tokenizer.preset} {name} ({size})")
+    for name, patch in (("latent_resolution_xy", arch.latent_patch_size_xy),
+                        ("latent_resolution_t", arch.latent_patch_size_t)):
+        value = getattr(arch, name)
+        if value % patch:
+            fail(f"tokenizer.{name}", value, f"it must be a multiple of the {p.tokenizer.preset} latent patch size ({patch})")
+    t_steps = p.data.num_frames // arch.dec_patch_size_t
+    if t_steps % p.tokenizer.decode_group_frames:
+        fail("tokenizer.decode_group_frames", p.tokenizer.decode_group_frames,
+             f"it must divide the {t_steps} decoder time steps of data.num_frames")
+    pt = p.pretrain
+    if pt.batch_size % (pt.num_workers * pt.grad_accum):
+        fail("pretrain.batch_size", pt.batch_size,
+             f"it must be a multiple of pretrain.num_workers x pretrain.grad_accum ({pt.num_workers * pt.grad_accum})")
+    n_patches = t_steps * (p.data.img_size // arch.dec_patch_size_xy) ** 2
+    if round(pt.sampling_ratio * n_patches) < 1:
+        fail("pretrain.sampling_ratio", pt.sampling_ratio, f"it must select at least one of the {n_patches} patches")
     s = p.synthesize
     if s.min_seconds > s.max_seconds:
         fail("synthesize.min_seconds", s.min_seconds, f"it must not exceed synthesize.max_seconds ({s.max_seconds})")

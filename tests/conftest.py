@@ -24,6 +24,8 @@ def shrink(raw: dict, tmp: Path) -> dict:
                        splits_dir=str(tmp / "synthetic" / "ucfTrainTestlist"), img_size=32, num_frames=8)
     raw["mlflow"].update(tracking_uri=f"sqlite:///{tmp / 'mlruns.db'}")
     raw["ray"].update(num_cpus=2)
+    raw["pretrain"].update(steps=4, batch_size=2, eval_every=4, eval_videos=2, checkpoint_every=4,
+                           log_every=2, warmup_steps=1, storage_path=str(tmp / "ray_results"))
     return raw
 
 

@@ -42,6 +42,8 @@ def repo_copy(tmp_path: Path) -> Path:
                              width=96, height=64)
     raw["data"].update(img_size=32, num_frames=8)
     raw["ray"].update(num_cpus=2)
+    raw["pretrain"].update(steps=4, batch_size=2, eval_every=4, eval_videos=2, checkpoint_every=4, log_every=2,
+                           warmup_steps=1)
     (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     _run(["git", "init", "-q"], dst)
     _run(["git", "add", "-A"], dst)
@@ -52,14 +54,18 @@ def repo_copy(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_dvc_repro_synthesize_and_preprocess(repo_copy: Path):
     out = _run(["dvc", "repro"], repo_copy)
-    assert "Running stage 'synthesize'" in out.stdout and "Running stage 'preprocess'" in out.stdout
+    for stage in ("synthesize", "preprocess", "pretrain"):
+        assert f"Running stage '{stage}'" in out.stdout
     index = pd.read_parquet(repo_copy / "data/processed/index.parquet")
     assert len(index) == 16 and set(index["split"]) == {"train", "test"}
     assert (repo_copy / "reports/preprocess.json").is_file()
     assert (repo_copy / "mlruns.db").is_file()
+    assert (repo_copy / "models/tokenizer/pretrain.pt").is_file()
+    metrics = _run(["dvc", "metrics", "show", "--json"], repo_copy).stdout
+    assert "test_psnr" in metrics
     # Outputs are git-ignored by DVC; the lock file records them.
     status = _run(["git", "status", "--porcelain"], repo_copy).stdout
-    assert "data/" not in status and "dvc.lock" in status
+    assert "data/" not in status and "models/" not in status and "dvc.lock" in status
 
     again = _run(["dvc", "repro"], repo_copy)
     assert "Running stage" not in again.stdout
@@ -70,6 +76,11 @@ def test_dvc_repro_synthesize_and_preprocess(repo_copy: Path):
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     dry = _run(["dvc", "repro", "--dry"], repo_copy).stdout
     assert "Running stage 'preprocess'" in dry and "Running stage 'synthesize'" not in dry
+    raw["data"]["img_size"] = 32
+    raw["pretrain"]["lr"] = 0.002
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    dry = _run(["dvc", "repro", "--dry"], repo_copy).stdout
+    assert "Running stage 'pretrain'" in dry and "Running stage 'preprocess'" not in dry
 
     # `dvc exp run -S` overrides go through the same validation, before any compute.
     bad = _run(["dvc", "exp", "run", "-S", "data.img_size=60"], repo_copy, check=False)

@@ -20,8 +20,13 @@ from components.config import Params
 from components.errors import UserError
 
 
+# mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into os.environ; remember what the user set
+# before any of that, so one process can run several stages against different stores.
+_USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
+
+
 def resolve_tracking_uri(params: Params, root: Path) -> str:
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "").strip() or params.mlflow.tracking_uri
+    uri = _USER_TRACKING_URI or params.mlflow.tracking_uri
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str((root / uri[len("sqlite:///"):]).resolve())
     elif "://" not in uri:  # a plain folder path: file store
@@ -74,7 +79,12 @@ def stage_run(params: Params, root: Path, stage: str, name_suffix: str = "",
 
     uri = resolve_tracking_uri(params, root)
     _check_reachable(uri)
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)
+    if previous is None:  # undo the side effect on the environment (see _USER_TRACKING_URI)
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = previous
     name = params.mlflow.experiment
     if mlflow.get_experiment_by_name(name) is None:
         artifact_location = None

@@ -1,0 +1,170 @@
+"""Tokenizer training pieces with no orchestration: sample batches, schedule, steps, evaluation, state files.
+
+Sampling is a pure function of (seed, step, micro-step, rank): a resumed run draws exactly the
+batches an uninterrupted run would, so with the optimizer state restored the weights match.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.data.sampling import read_clip, sample_patches
+from components.data.store import FrameFile
+from components.io import atomic_write_bytes, atomic_write_json
+from components.metrics.image import psnr, ssim
+
+# ---------------------------------------------------------------------------------------- data
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels -> float in [-1, 1] (done on the training device: 4x fewer bytes to move)."""
+    return x.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
+
+
+class ClipSampler:
+    """Training batches from the frame store: random clip windows and random patches with targets."""
+
+    def __init__(self, processed_dir: str | os.PathLike, index: pd.DataFrame, num_frames: int,
+                 patch_t: int, patch_xy: int, n_patches: int, seed: int):
+        self.files = [FrameFile(Path(processed_dir) / p) for p in index["frames_path"]]
+        if not self.files:
+            raise ValueError("no videos to sample from")
+        self.num_frames, self.patch_t, self.patch_xy = num_frames, patch_t, patch_xy
+        self.n_patches, self.seed = n_patches, seed
+
+    def batch(self, batch_size: int, step: int, micro: int = 0, rank: int = 0) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([self.seed, step, micro, rank])
+        videos, valid, coords, targets = [], [], [], []
+        for i in rng.integers(0, len(self.files), size=batch_size):
+            clip, n = read_clip(self.files[i], self.num_frames, rng)
+            patches, c, _ = sample_patches(clip, self.n_patches, rng, self.patch_t, self.patch_xy, valid_frames=n)
+            videos.append(clip)
+            valid.append(n)
+            coords.append(c)
+            targets.append(patches.reshape(len(patches), -1))
+        return {"video": np.stack(videos), "n_frames": np.asarray(valid, np.int64),
+                "coords": np.stack(coords), "targets": np.stack(targets)}
+
+
+def eval_clips(processed_dir: str | os.PathLike, index: pd.DataFrame, num_frames: int,
+               n_videos: int) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The first `num_frames` frames of `n_videos` test videos spread evenly over the sorted test set."""
+    rows = index.sort_values("video_id").reset_index(drop=True)
+    pick = np.unique(np.linspace(0, len(rows) - 1, num=min(n_videos, len(rows))).round().astype(int))
+    clips, valid = [], []
+    for i in pick:
+        f = FrameFile(Path(processed_dir) / rows.loc[i, "frames_path"])
+        n = min(f.n_frames, num_frames)
+        clip = np.zeros((num_frames, f.header.height, f.header.width, f.header.channels), np.uint8)
+        clip[:n] = f.read(0, n)
+        clips.append(clip)
+        valid.append(n)
+    return list(rows.loc[pick, "video_id"]), np.stack(clips), np.asarray(valid, np.int64)
+
+
+# ------------------------------------------------------------------------------------ schedule
+
+
+def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to `min_ratio` at `total`."""
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+@dataclass
+class ReconResult:
+    psnr: float
+    ssim: float
+    baseline_psnr: float          # every frame replaced by its video's temporal mean frame
+    per_video_psnr: list[float]
+    recon: np.ndarray             # uint8 [B, T, H, W, 3]
+
+
+@torch.no_grad()
+def evaluate_reconstruction(model, clips: np.ndarray, valid: np.ndarray, group_frames: int,
+                            device: torch.device, autocast_dtype: torch.dtype | None = None,
+                            batch_size: int = 4) -> ReconResult:
+    """Encode and fully reconstruct test clips; PSNR/SSIM over their real (unpadded) frames."""
+    from components.tokenizer.model import reconstruct
+
+    was_training = model.training
+    model.eval()
+    recons = []
+    for i in range(0, len(clips), batch_size):
+        video = to_unit(torch.from_numpy(clips[i:i + batch_size]).to(device))
+        n = torch.from_numpy(valid[i:i + batch_size]).to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            planes = model.encode(video, n)
+            out = reconstruct(model, planes, group_frames=group_frames)
+        recons.append(to_uint8(out))
+    model.train(was_training)
+    recon = np.concatenate(recons)
+    p_list, s_list, b_list = [], [], []
+    for r, c, n in zip(recon, clips, valid):
+        real = torch.from_numpy(c[:n]).float().div(255)[None]
+        pred = torch.from_numpy(r[:n]).float().div(255)[None]
+        mean = real.mean(dim=1, keepdim=True).expand_as(real)
+        p_list.append(psnr(pred, real).item())
+        b_list.append(psnr(mean, real).item())
+        s_list.append(ssim(pred, real).item() if min(real.shape[2:4]) >= 11 else float("nan"))
+    return ReconResult(float(np.mean(p_list)), float(np.nanmean(s_list)), float(np.mean(b_list)), p_list, recon)
+
+
+# ----------------------------------------------------------------------------------- state files
+
+STATE_FILE = "state.pt"
+MANIFEST_FILE = "manifest.json"
+
+
+class DamagedCheckpoint(Exception):
+    """A checkpoint whose file is missing, truncated or altered."""
+
+
+def save_state(folder: str | os.PathLike, state: dict[str, Any]) -> None:
+    """state.pt plus a manifest with its sha256 and step, each written atomically."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    data = buf.getvalue()
+    atomic_write_bytes(Path(folder) / STATE_FILE, data)
+    atomic_write_json(Path(folder) / MANIFEST_FILE, {"step": int(state["step"]),
+                                                     "sha256": hashlib.sha256(data).hexdigest()})
+
+
+def load_state(folder: str | os.PathLike) -> dict[str, Any]:
+    """Load a state saved by `save_state`, verifying its checksum first (never half-loads)."""
+    folder = Path(folder)
+    try:
+        manifest = json.loads((folder / MANIFEST_FILE).read_text())
+        data = (folder / STATE_FILE).read_bytes()
+    except (OSError, ValueError) as exc:
+        raise DamagedCheckpoint(f"{folder}: unreadable ({exc})") from None
+    if hashlib.sha256(data).hexdigest() != manifest.get("sha256"):
+        raise DamagedCheckpoint(f"{folder}: {STATE_FILE} does not match its recorded sha256")
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def checkpoint_step(folder: str | os.PathLike) -> int:
+    try:
+        return int(json.loads((Path(folder) / MANIFEST_FILE).read_text())["step"])
+    except (OSError, ValueError, KeyError):
+        return -1

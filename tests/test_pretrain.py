@@ -1,0 +1,173 @@
+"""Pretraining: sampling/schedule/state math, then a tiny real Ray Train run, then kill-and-resume."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from components.config import load_params, validate_params
+from components.tokenizer.training import (
+    ClipSampler, DamagedCheckpoint, checkpoint_step, eval_clips, load_state, lr_factor, save_state,
+)
+from conftest import shrink
+
+
+def test_lr_schedule_closed_form():
+    assert lr_factor(0, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(9, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(10, 100, 10, 0.1) == pytest.approx(1.0)
+    assert lr_factor(55, 100, 10, 0.1) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert lr_factor(5, 100, 0, 1.0) == pytest.approx(1.0)
+
+
+def test_state_files_round_trip_and_detect_damage(tmp_path):
+    state = {"model": {"w": torch.arange(6.0)}, "step": 7, "history": [{"step": 7, "loss": 0.5}]}
+    save_state(tmp_path, state)
+    loaded = load_state(tmp_path)
+    assert loaded["step"] == 7 and torch.equal(loaded["model"]["w"], state["model"]["w"])
+    assert checkpoint_step(tmp_path) == 7
+    data = bytearray((tmp_path / "state.pt").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "state.pt").write_bytes(bytes(data))
+    with pytest.raises(DamagedCheckpoint, match="sha256"):
+        load_state(tmp_path)
+    (tmp_path / "state.pt").unlink()
+    with pytest.raises(DamagedCheckpoint, match="unreadable"):
+        load_state(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def processed(tmp_path_factory, ray_local) -> Path:
+    """synthesize + preprocess at test size, shared by this module's tests."""
+    from pipelines.preprocess import preprocess
+    from pipelines.synthesize import synthesize
+
+    root = tmp_path_factory.mktemp("stage")
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    (root / "params.yaml").write_text(yaml.safe_dump(shrink(raw, root)))
+    params = load_params(root / "params.yaml")
+    synthesize(params, root)
+    preprocess(params, root)
+    return root
+
+
+def test_sampler_is_a_pure_function_of_step_and_never_samples_padding(processed):
+    index = pd.read_parquet(processed / "data/processed/index.parquet")
+    train = index[index.split == "train"]
+    s = ClipSampler(processed / "data/processed", train, num_frames=64, patch_t=1, patch_xy=8, n_patches=40, seed=3)
+    a, b = s.batch(4, step=5), s.batch(4, step=5)
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    c = s.batch(4, step=6)
+    assert not np.array_equal(a["coords"], c["coords"])
+    assert a["video"].shape == (4, 64, 32, 32, 3) and a["targets"].shape == (4, 40, 192)
+    # Clips are shorter than 64 frames here: padded frames exist and are never targets.
+    assert (a["n_frames"] < 64).all()
+    t_max = (a["coords"][..., 0] * 63).round()
+    assert (t_max < a["n_frames"][:, None]).all()
+    ids, clips, valid = eval_clips(processed / "data/processed", index[index.split == "test"], 8, 3)
+    assert len(ids) == 3 and clips.shape == (3, 8, 32, 32, 3) and (valid == 8).all()
+
+
+def _pretrain_params(root: Path, processed: Path, **pretrain) -> Path:
+    raw = yaml.safe_load((processed / "params.yaml").read_text())
+    raw["pretrain"].update({"steps": 6, "batch_size": 4, "eval_every": 3, "eval_videos": 2, "checkpoint_every": 3,
+                            "log_every": 1, "warmup_steps": 2, "cpus_per_worker": 1.0,
+                            "storage_path": str(root / "ray_results"), **pretrain})
+    raw["mlflow"]["tracking_uri"] = f"sqlite:///{root / 'mlruns.db'}"
+    root.mkdir(parents=True, exist_ok=True)
+    link = root / "data"
+    if not link.exists():
+        link.symlink_to(processed / "data")
+    path = root / "params.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.slow
+def test_pretrain_stage_writes_outputs_and_tracks_run(tmp_path, processed, ray_local):
+    from pipelines.pretrain import pretrain
+
+    pfile = _pretrain_params(tmp_path / "run", processed)
+    summary = pretrain(load_params(pfile), pfile.parent)
+    root = pfile.parent
+    ckpt = torch.load(root / "models/tokenizer/pretrain.pt", weights_only=True)
+    assert ckpt["step"] == 6 and "arch" in ckpt["config"] and ckpt["model"]
+    metrics = yaml.safe_load((root / "metrics/pretrain.json").read_text())
+    assert metrics == summary
+    for key in ("test_psnr", "test_ssim", "baseline_temporal_mean_psnr", "psnr_gain_over_baseline", "train_loss"):
+        assert np.isfinite(metrics[key])
+    assert metrics["num_tokens"] == 192
+    loss = pd.read_csv(root / "plots/pretrain/loss.csv")
+    assert list(loss["step"]) == [1, 2, 3, 4, 5, 6]
+    evals = pd.read_csv(root / "plots/pretrain/eval.csv")
+    assert list(evals["step"]) == [3, 6]
+
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
+    run = mlflow.search_runs(experiment_names=["coordtok"]).iloc[0]
+    assert run["tags.stage"] == "pretrain" and run["tags.ray.run_name"].startswith("pretrain-")
+    history = mlflow.tracking.MlflowClient().get_metric_history(run["run_id"], "loss")
+    assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]
+    arts = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run["run_id"], artifact_path="previews/step_000006")]
+    assert sorted(Path(a).suffix for a in arts) == [".gif", ".mp4", ".png"]
+
+
+def _run_stage(pfile: Path) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    return subprocess.Popen([sys.executable, "-m", "pipelines.pretrain", "--params", str(pfile)], cwd=pfile.parent,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_weights(tmp_path, processed):
+    """Kill mid-run, damage the newest checkpoint, rerun: it resumes from the older intact one and
+    ends with exactly the weights of an uninterrupted run (CPU, deterministic)."""
+    settings = {"steps": 40, "checkpoint_every": 4, "eval_every": 40, "keep_checkpoints": 3}
+    ref = _pretrain_params(tmp_path / "ref", processed, **settings)
+    proc = _run_stage(ref)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+
+    pfile = _pretrain_params(tmp_path / "killed", processed, **settings)
+    run_dir_parent = tmp_path / "killed" / "ray_results"
+    proc = _run_stage(pfile)
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        ckpts = [c for c in run_dir_parent.glob("pretrain-*/checkpoint_*") if (c / "manifest.json").exists()]
+        if len(ckpts) >= 2:
+            break
+        assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read()[-2000:]
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (pfile.parent / "models/tokenizer/pretrain.pt").exists()
+    ckpts = sorted((c for c in run_dir_parent.glob("pretrain-*/checkpoint_*") if (c / "manifest.json").exists()),
+                   key=checkpoint_step)
+    newest = ckpts[-1]
+    assert checkpoint_step(newest) < 40
+    (newest / "state.pt").write_bytes((newest / "state.pt").read_bytes()[:100])  # damaged
+
+    proc = _run_stage(pfile)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "skipping damaged checkpoint" in out
+    a = torch.load(ref.parent / "models/tokenizer/pretrain.pt", weights_only=True)["model"]
+    b = torch.load(pfile.parent / "models/tokenizer/pretrain.pt", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert (ref.parent / "metrics/pretrain.json").read_text() == (pfile.parent / "metrics/pretrain.json").read_text()
