@@ -62,19 +62,21 @@ def _latest_intact_state(run_dir: Path, reported) -> dict[str, Any] | None:
     """The newest checkpoint that passes its checksum; damaged ones are skipped with a warning."""
     from components.tokenizer.training import DamagedCheckpoint, checkpoint_step, load_state
 
-    candidates: list[Path] = []
+    def warn(exc: Exception) -> None:  # print: worker stdout reaches the driver's console
+        print(f"warning: skipping damaged checkpoint: {exc}", flush=True)
+
     if reported is not None:
         with reported.as_directory() as d:
             try:
                 return load_state(d)
             except DamagedCheckpoint as exc:
-                log.warning("skipping damaged checkpoint: %s", exc)
-    candidates = sorted(run_dir.glob("checkpoint_*"), key=checkpoint_step, reverse=True)
-    for folder in candidates:
+                warn(exc)
+    # Ray only knows its latest; fall back to the newest intact one on disk.
+    for folder in sorted(run_dir.glob("checkpoint_*"), key=checkpoint_step, reverse=True):
         try:
             return load_state(folder)
         except DamagedCheckpoint as exc:
-            log.warning("skipping damaged checkpoint: %s", exc)
+            warn(exc)
     return None
 
 
@@ -114,6 +116,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         history, start = list(state["history"]), int(state["step"])
+        if rank == 0:
+            print(f"resuming from step {start}", flush=True)
     model = ray.train.torch.prepare_model(core)
     core_ref = model.module if hasattr(model, "module") else model
 

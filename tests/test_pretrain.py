@@ -48,6 +48,28 @@ def test_state_files_round_trip_and_detect_damage(tmp_path):
         load_state(tmp_path)
 
 
+def test_resume_picks_the_newest_intact_checkpoint(tmp_path, capsys):
+    import contextlib
+
+    from pipelines.pretrain import _latest_intact_state
+
+    for step in (4, 8, 12):
+        save_state(tmp_path / f"checkpoint_{step:03d}", {"step": step, "model": {"w": torch.full((2,), step)}})
+    (tmp_path / "checkpoint_012" / "state.pt").write_bytes(b"torn")
+
+    class Reported:  # what ray.train.get_checkpoint() returns: Ray's latest, here the damaged one
+        @contextlib.contextmanager
+        def as_directory(self):
+            yield str(tmp_path / "checkpoint_012")
+
+    state = _latest_intact_state(tmp_path, Reported())
+    assert state["step"] == 8
+    assert capsys.readouterr().out.count("skipping damaged checkpoint") == 2
+    for step in (4, 8):
+        (tmp_path / f"checkpoint_{step:03d}" / "manifest.json").unlink()
+    assert _latest_intact_state(tmp_path, None) is None
+
+
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory, ray_local) -> Path:
     """synthesize + preprocess at test size, shared by this module's tests."""
@@ -136,7 +158,7 @@ def _run_stage(pfile: Path) -> subprocess.Popen:
 def test_killed_run_resumes_to_the_same_weights(tmp_path, processed):
     """Kill mid-run, damage the newest checkpoint, rerun: it resumes from the older intact one and
     ends with exactly the weights of an uninterrupted run (CPU, deterministic)."""
-    settings = {"steps": 40, "checkpoint_every": 4, "eval_every": 40, "keep_checkpoints": 3}
+    settings = {"steps": 40, "checkpoint_every": 4, "eval_every": 40, "keep_checkpoints": 3, "log_every": 4}
     ref = _pretrain_params(tmp_path / "ref", processed, **settings)
     proc = _run_stage(ref)
     out, _ = proc.communicate(timeout=600)
@@ -154,17 +176,20 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, processed):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    time.sleep(5)  # Ray's worker processes notice the dead driver and stop; let any straggler write land
     assert not (pfile.parent / "models/tokenizer/pretrain.pt").exists()
+    # Damage every checkpoint but the oldest: the rerun must skip them all (Ray's latest included).
     ckpts = sorted((c for c in run_dir_parent.glob("pretrain-*/checkpoint_*") if (c / "manifest.json").exists()),
                    key=checkpoint_step)
-    newest = ckpts[-1]
-    assert checkpoint_step(newest) < 40
-    (newest / "state.pt").write_bytes((newest / "state.pt").read_bytes()[:100])  # damaged
+    assert checkpoint_step(ckpts[-1]) < 40
+    oldest = checkpoint_step(ckpts[0])
+    for damaged in ckpts[1:]:
+        (damaged / "state.pt").write_bytes((damaged / "state.pt").read_bytes()[:100])
 
     proc = _run_stage(pfile)
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
-    assert "skipping damaged checkpoint" in out
+    assert f"resuming from step {oldest}" in out
     a = torch.load(ref.parent / "models/tokenizer/pretrain.pt", weights_only=True)["model"]
     b = torch.load(pfile.parent / "models/tokenizer/pretrain.pt", weights_only=True)["model"]
     assert a.keys() == b.keys()
