@@ -242,7 +242,7 @@ def pretrain(params: Params, root: Path) -> dict[str, Any]:
     name = run_name(params)
     arch = tok.arch
     suffix = f"{tok.preset} xy={arch.latent_resolution_xy} t={arch.latent_resolution_t} ratio={cfg.sampling_ratio:g}"
-    with stage_run(params, root, "pretrain", suffix, extra_tags={"ray.run_name": name}) as run:
+    with stage_run(params, root, "pretrain", suffix, extra_tags={"ray.run_name": name}, system_metrics=True) as run:
         import mlflow
 
         started = time.perf_counter()

@@ -72,7 +72,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 @contextlib.contextmanager
 def stage_run(params: Params, root: Path, stage: str, name_suffix: str = "",
-              extra_tags: dict[str, str] | None = None) -> Iterator[Any]:
+              extra_tags: dict[str, str] | None = None, system_metrics: bool = False) -> Iterator[Any]:
     """An MLflow run for one stage execution, with the validated params and the standard tags."""
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     import mlflow  # imported here: it is slow to import and not every code path tracks
@@ -101,7 +101,8 @@ def stage_run(params: Params, root: Path, stage: str, name_suffix: str = "",
         **(extra_tags or {}),
     }
     run_name = stage + (f" {name_suffix}" if name_suffix else "")
-    with mlflow.start_run(run_name=run_name, tags=tags) as run:
+    # System metrics (CPU, memory, GPU where present) are sampled by a thread of this process.
+    with mlflow.start_run(run_name=run_name, tags=tags, log_system_metrics=system_metrics) as run:
         flat = {k: json.dumps(v) if isinstance(v, (list, dict)) or v is None else v
                 for k, v in flatten(params.model_dump(mode="json")).items()}
         mlflow.log_params(flat)
