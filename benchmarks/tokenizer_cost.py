@@ -48,6 +48,7 @@ from _common import machine_note, print_json, table  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.profiler import record_function  # noqa: E402
 
 from components.tokenizer.model import CoordTok, Triplane, grid_coords, patchify  # noqa: E402
 from components.tokenizer.presets import TOKENIZER_PRESETS, TokenizerArch  # noqa: E402
@@ -59,7 +60,8 @@ CHILD_TAG = "CHILD_RESULT "
 # ------------------------------------------------------------------------- shared with the other scripts
 
 def add_model_options(p: argparse.ArgumentParser, preset: str = "CoordTok-S", width: int | None = None,
-                      heads: int | None = None, depth: int | None = None, img_size: int = 128) -> None:
+                      heads: int | None = None, depth: int | None = None, img_size: int = 128,
+                      precision: str | None = "bf16", threads: int = 1) -> None:
     g = p.add_argument_group("model")
     g.add_argument("--preset", default=preset, choices=sorted(TOKENIZER_PRESETS),
                    help=f"architecture preset (default {preset})")
@@ -69,10 +71,13 @@ def add_model_options(p: argparse.ArgumentParser, preset: str = "CoordTok-S", wi
                        help=f"{what}; 0 = the preset's own; default: {val if val is not None else CPU_SCALE[name]}"
                             + ("" if val is not None else " on CPU, the preset's own on CUDA"))
     g.add_argument("--img-size", type=int, default=img_size, help=f"frame size (default {img_size})")
-    g.add_argument("--precision", choices=["bf16", "fp32"], default="bf16",
-                   help="bf16 autocast (as pretrain's precision: auto) or plain fp32 (default bf16)")
+    if precision is not None:  # None: the script measures both
+        g.add_argument("--precision", choices=["bf16", "fp32"], default=precision,
+                       help=f"bf16 autocast (as pretrain's precision: auto on CPU) or plain fp32 (default {precision})")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="default: cuda if available")
-    g.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    g.add_argument("--threads", type=int, default=threads,
+                   help=f"torch CPU threads (default {threads}; with other work on a 2-core machine, 2 threads can "
+                        f"run 10x slower than 1)")
 
 
 def pick_device(name: str) -> torch.device:
@@ -140,18 +145,21 @@ def train_step(model: CoordTok, opt: torch.optim.Optimizer, video: torch.Tensor,
     """One pretrain step. group_rows > 1: coords [B*group_rows, n, 3] are separate attention contexts,
     row r decoding video r // group_rows (the `--full-context frame` layout)."""
     dev = video.device
-    with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
-        if group_rows == 1:
-            pred = model(video, coords, n_frames)
-        else:
-            planes: Triplane = model.encode(video, n_frames)
-            idx = torch.arange(video.shape[0], device=dev).repeat_interleave(group_rows)
-            pred = model.decode(planes.index(idx), coords)
-    loss = F.mse_loss(pred.float(), target)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    opt.zero_grad(set_to_none=True)
+    with record_function("step/forward"):
+        with torch.autocast(dev.type, dtype=amp or torch.float32, enabled=amp is not None):
+            if group_rows == 1:
+                pred = model(video, coords, n_frames)
+            else:
+                planes: Triplane = model.encode(video, n_frames)
+                idx = torch.arange(video.shape[0], device=dev).repeat_interleave(group_rows)
+                pred = model.decode(planes.index(idx), coords)
+        loss = F.mse_loss(pred.float(), target)
+    with record_function("step/backward"):
+        loss.backward()
+    with record_function("step/optimizer"):
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
     return float(loss.detach())
 
 
@@ -238,6 +246,8 @@ def polyfit(xs: list[float], ys: list[float], deg: int):
 
     deg = min(deg, len(xs) - 1)
     c = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), deg)
+    if deg == 2 and c[0] < 0:  # noise bent the parabola down: a straight line is the safer extrapolation
+        c = np.polyfit(np.asarray(xs, float), np.asarray(ys, float), 1)
     return lambda x: float(np.polyval(c, x))
 
 
@@ -328,7 +338,9 @@ def main() -> int:
                       f"(full context: {args.full_context}), {args.precision}, batch {args.batch}, "
                       f"{args.img_size}x{args.img_size} =="))
     if any(r["full_extrapolated"] for r in out_rows):
-        print(f"   (extrap.) = NOT measured: quadratic fit of time and linear fit of memory in the number of decoded "
+        kind = ["", "linear", "quadratic"][min(2, len(measured) - 1)]
+        print(f"   (extrap.) = NOT measured: {kind} least-squares fit "
+              f"of time and linear fit of memory in the number of decoded "
               f"patches through the measured full-frame points (T = {fit_from}); run with --full-max-frames 128 "
               f"to measure (minutes per step on 2 CPU cores).")
     summary = {}

@@ -101,7 +101,7 @@ class PretrainParams(_Section):
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(0.001, ge=0, description="AdamW weight decay (paper: 0.001).")
     grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip; 0 turns it off.")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on GPUs with bf16 and on CPU.")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on bf16 GPUs and on CPUs with AVX512-BF16/AMX; fp32 elsewhere.")
     log_every: int = Field(10, ge=1, description="Steps between logged training metrics.")
     eval_every: int = Field(200, ge=1, description="Steps between evaluations on held-out test videos.")
     eval_videos: int = Field(8, ge=1, description="Test videos reconstructed per evaluation.")

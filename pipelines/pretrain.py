@@ -45,14 +45,22 @@ def run_name(params: Params) -> str:
     return f"pretrain-{digest}"
 
 
+def cpu_has_fast_bf16() -> bool:
+    """bf16 matmul beats fp32 only with AVX512-BF16 or AMX; without them it runs at ~0.2x
+    (measured: benchmarks/tokenizer_utilisation.py), so autocast would slow training down."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, or None for plain fp32."""
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16  # CPU: bf16 matmul is ~4x fp32 on this project's machines
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
 
 
 # ------------------------------------------------------------------------------ worker side
