@@ -88,6 +88,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def device_note(device: torch.device, threads: int) -> str:
+    """The machine line printed at the top of each tokenizer benchmark."""
+    where = f" ({torch.cuda.get_device_name()})" if device.type == "cuda" else f", torch threads {threads}"
+    return machine_note() + f"; device {device}" + where
+
+
 def resolve_arch(args: argparse.Namespace, device: torch.device) -> TokenizerArch:
     """The preset with --width/--heads/--depth applied (None: CPU scale-down on CPU, preset on CUDA)."""
     a = TOKENIZER_PRESETS[args.preset]
@@ -278,8 +284,7 @@ def main() -> int:
     device = pick_device(args.device)
     arch = resolve_arch(args, device)
     full_max = args.full_max_frames if args.full_max_frames is not None else (64 if device.type == "cpu" else 10**9)
-    print(machine_note() + f"; device {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda"
-                                                    else f", torch threads {args.threads}"))
+    print(device_note(device, args.threads))
     print(f"# model: {describe_arch(args.preset, arch)}")
     print(f"# step: forward + l2 + backward + clip_grad_norm + AdamW, {args.precision}, batch {args.batch}, "
           f"img {args.img_size}, median of <= {args.steps} steps after {args.warmup} warm-up; "

@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_note, print_json, table  # noqa: E402
+from _common import print_json, table  # noqa: E402
 from tokenizer_cost import (  # noqa: E402
-    add_model_options, amp_dtype, describe_arch, pick_device, resolve_arch, synthetic_batch,
+    add_model_options, amp_dtype, describe_arch, device_note, pick_device, resolve_arch, synthetic_batch,
 )
 
 import torch  # noqa: E402
@@ -129,8 +129,7 @@ def main() -> int:
     torch.manual_seed(0)
     model = CoordTok(arch, args.img_size, args.frames).to(device).eval()
     amp = amp_dtype(args.precision)
-    print(machine_note() + f"; device {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda"
-                                                    else f", torch threads {args.threads}"))
+    print(device_note(device, args.threads))
     print(f"# model: {describe_arch(args.preset, arch)}")
     nt, ny, nx = model.grid
     n_patches = args.batch * nt * ny * nx

@@ -31,9 +31,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_note, print_json, table  # noqa: E402
+from _common import print_json, table  # noqa: E402
 from tokenizer_cost import (  # noqa: E402
-    add_model_options, amp_dtype, describe_arch, make_optimizer, pick_device, random_coords, resolve_arch,
+    add_model_options, amp_dtype, describe_arch, device_note, make_optimizer, pick_device, random_coords, resolve_arch,
     synthetic_batch, train_step,
 )
 
@@ -157,8 +157,7 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     s = Setup(args, device)
     n_params = sum(q.numel() for q in s.model.parameters())
-    print(machine_note() + f"; device {device}" + (f" ({torch.cuda.get_device_name()})" if device.type == "cuda"
-                                                    else f", torch threads {args.threads}"))
+    print(device_note(device, args.threads))
     print(f"# model: {describe_arch(args.preset, s.arch)}; {n_params / 1e6:.1f} M parameters")
     print(f"# step: forward + l2 + backward + clip_grad_norm + AdamW; img {args.img_size}, T={args.frames}, "
           f"batch {args.batch}, {args.coords} coords/video ({math.prod(s.model.enc_grid)} video tokens/video); "

@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import logging
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -90,7 +89,6 @@ def _latest_intact_state(run_dir: Path, reported) -> dict[str, Any] | None:
 
 def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     """Runs in every Ray Train worker; rank 0 also evaluates, checkpoints and logs to MLflow."""
-    import numpy as np
     import ray.train
     import ray.train.torch
     from mlflow.entities import Metric

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from components.config import load_params, validate_params
+from components.config import load_params
 from components.tokenizer.training import (
     ClipSampler, DamagedCheckpoint, checkpoint_step, eval_clips, load_state, lr_factor, save_state,
 )

@@ -30,7 +30,7 @@ def resolve_address(cfg: RayParams) -> str | None:
 
 def _probe(address: str, timeout: float = 5.0) -> None:
     """Fail fast on a dead host:port: ray.init would otherwise retry for minutes."""
-    if address == "auto" or address.startswith("auto"):
+    if address.startswith("auto"):
         return
     hostport = address.split("://", 1)[-1]
     host, _, port = hostport.rpartition(":")
