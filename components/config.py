@@ -89,13 +89,13 @@ class TokenizerParams(_Section):
         return arch.replace(**changes) if changes else arch
 
 
-class PretrainParams(_Section):
+class TrainingParams(_Section):
+    """What every Ray Train stage shares (pretrain, finetune, train_sit); each subclass sets its defaults."""
+
     seed: int = Field(0, ge=0, description="Model init and per-step sampling seed.")
     steps: int = Field(600, ge=1, description="Optimizer steps (paper: 1,000,000).")
     batch_size: int = Field(8, ge=1, description="Videos per optimizer step, all workers and accumulation steps together (paper: 256).")
     grad_accum: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step.")
-    sampling_ratio: float = Field(0.125, gt=0, le=1,
-                                  description="Fraction of a clip's patches decoded per step (paper: 0.03125 = 1,024 of 32,768).")
     lr: float = Field(1e-3, gt=0, le=1, description="AdamW peak learning rate (paper: 1e-4).")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine schedule floor as a fraction of lr.")
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")
@@ -104,13 +104,38 @@ class PretrainParams(_Section):
     precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on bf16 GPUs and on CPUs with AVX512-BF16/AMX; fp32 elsewhere.")
     log_every: int = Field(10, ge=1, description="Steps between logged training metrics.")
     eval_every: int = Field(200, ge=1, description="Steps between evaluations on held-out test videos.")
-    eval_videos: int = Field(8, ge=1, description="Test videos reconstructed per evaluation.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between Ray Train checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in Ray storage.")
     num_workers: int = Field(1, ge=1, description="Ray Train (DDP) workers.")
     cpus_per_worker: float = Field(2.0, gt=0, description="CPUs per worker (also its torch threads).")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker; 0 on a cluster with GPUs means 1.")
     storage_path: str = Field("ray_results", description="Ray Train run storage (checkpoints; a shared path for a cluster).")
+
+
+class PretrainParams(TrainingParams):
+    sampling_ratio: float = Field(0.125, gt=0, le=1,
+                                  description="Fraction of a clip's patches decoded per step (paper: 0.03125 = 1,024 of 32,768).")
+    eval_videos: int = Field(8, ge=1, description="Test videos reconstructed per evaluation.")
+
+
+class FinetuneParams(TrainingParams):
+    """Phase 2 of the paper: frame sampling with l2 + LPIPS, starting from the pretrained tokenizer."""
+
+    init_from: str = Field("models/tokenizer/pretrain.pt",
+                           description="Tokenizer checkpoint to start from (this project's schema; see import_checkpoint).")
+    steps: int = Field(150, ge=1, description="Optimizer steps (paper: 50,000).")
+    batch_size: int = Field(4, ge=1, description="Videos per optimizer step, all workers and accumulation steps together.")
+    lr: float = Field(2e-4, gt=0, le=1, description="AdamW peak learning rate.")
+    warmup_steps: int = Field(10, ge=0, description="Linear warm-up steps.")
+    eval_every: int = Field(75, ge=1, description="Steps between evaluations on held-out test videos.")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between Ray Train checkpoints.")
+    frames_per_video: int = Field(4, ge=1, description="Whole frames per video per step, every patch decoded "
+                                                       "(paper: 16 = 4,096 patches of 8x8 at 128x128).")
+    lpips_weight: float = Field(1.0, ge=0, description="Weight of the LPIPS term next to l2 (paper: 1.0).")
+    lpips_backbone: Literal["vgg", "alex", "squeeze"] = Field("vgg", description="LPIPS network of the loss (paper: vgg).")
+    eval_lpips_backbone: Literal["vgg", "alex", "squeeze"] = Field("alex", description="LPIPS network reported on test reconstructions.")
+    lpips_chunk: int = Field(32, ge=1, description="Frames per LPIPS forward pass (bounds its activation memory).")
+    eval_videos: int = Field(8, ge=1, description="Test videos reconstructed per evaluation.")
 
 
 class RayParams(_Section):
@@ -128,14 +153,21 @@ class MlflowParams(_Section):
     experiment: str = Field("coordtok", min_length=1, description="Experiment holding every stage's runs.")
 
 
+class WeightsParams(_Section):
+    dir: str | None = Field(None, description="Pretrained assets folder; COORDTOK_WEIGHTS_DIR wins when set.")
+    allow_download: bool = Field(True, description="Download missing pretrained assets (sha256-verified); false fails with a clear message instead.")
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     synthesize: SynthesizeParams = SynthesizeParams()
     preprocess: PreprocessParams = PreprocessParams()
     tokenizer: TokenizerParams = TokenizerParams()
     pretrain: PretrainParams = PretrainParams()
+    finetune: FinetuneParams = FinetuneParams()
     ray: RayParams = RayParams()
     mlflow: MlflowParams = MlflowParams()
+    weights: WeightsParams = WeightsParams()
 
     def digest(self) -> str:
         """Short stable hash of the validated params (an MLflow tag; names resumable runs)."""
@@ -178,6 +210,15 @@ def _check_consistency(p: Params) -> None:
     n_patches = t_steps * (p.data.img_size // arch.dec_patch_size_xy) ** 2
     if round(pt.sampling_ratio * n_patches) < 1:
         fail("pretrain.sampling_ratio", pt.sampling_ratio, f"it must select at least one of the {n_patches} patches")
+    ft = p.finetune
+    if ft.batch_size % (ft.num_workers * ft.grad_accum):
+        fail("finetune.batch_size", ft.batch_size,
+             f"it must be a multiple of finetune.num_workers x finetune.grad_accum ({ft.num_workers * ft.grad_accum})")
+    group = arch.dec_patch_size_t * p.tokenizer.decode_group_frames
+    if ft.frames_per_video % group or ft.frames_per_video > p.data.num_frames:
+        fail("finetune.frames_per_video", ft.frames_per_video,
+             f"it must be a multiple of {group} (decoder time patch x tokenizer.decode_group_frames) "
+             f"and at most data.num_frames ({p.data.num_frames})")
     s = p.synthesize
     if s.min_seconds > s.max_seconds:
         fail("synthesize.min_seconds", s.min_seconds, f"it must not exceed synthesize.max_seconds ({s.max_seconds})")

@@ -50,7 +50,7 @@ def test_state_files_round_trip_and_detect_damage(tmp_path):
 def test_resume_picks_the_newest_intact_checkpoint(tmp_path, capsys):
     import contextlib
 
-    from pipelines.pretrain import _latest_intact_state
+    from pipelines.common.trainer import latest_intact_state as _latest_intact_state
 
     for step in (4, 8, 12):
         save_state(tmp_path / f"checkpoint_{step:03d}", {"step": step, "model": {"w": torch.full((2,), step)}})

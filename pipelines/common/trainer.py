@@ -1,0 +1,267 @@
+"""The Ray Train plumbing every training stage shares (pretrain, finetune, train_sit, sweep trials).
+
+A stage supplies its model-specific loop; this module owns what must behave the same everywhere:
+stable run names (rerun = resume), device/precision/seed setup, resuming from the newest intact
+checkpoint, per-step MLflow metrics that never kill training, checkpoints through Ray Train, and
+the output files (`models/...pt`, `plots/<stage>/*.csv`, `metrics/<stage>.json`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import pandas as pd
+import torch
+
+from components.config import Params, TrainingParams
+from components.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+# Keys of a training section that do not change what is trained (so they don't name the run).
+VOLATILE_KEYS = ("log_every", "storage_path", "cpus_per_worker", "keep_checkpoints", "eval_videos",
+                 "gpus_per_worker")
+
+
+def run_name(stage: str, params: Params, sections: Iterable[str], extra: dict[str, Any] | None = None) -> str:
+    """Stable Ray Train run name from what defines the run: same -> resume; different -> new run."""
+    dumped = params.model_dump(mode="json")
+    defining: dict[str, Any] = {k: dict(dumped[k]) for k in sections}
+    for section in defining.values():
+        for volatile in VOLATILE_KEYS:
+            section.pop(volatile, None)
+    defining["extra"] = extra or {}
+    digest = hashlib.sha256(json.dumps(defining, sort_keys=True).encode()).hexdigest()[:12]
+    return f"{stage}-{digest}"
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file (an input checkpoint is part of what defines a run)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cpu_has_fast_bf16() -> bool:
+    """bf16 matmul beats fp32 only with AVX512-BF16 or AMX; without them it runs at ~0.2x
+    (measured: benchmarks/tokenizer_utilisation.py), so autocast would slow training down."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, or None for plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if cpu_has_fast_bf16() else None
+
+
+# ------------------------------------------------------------------------------ worker side
+
+
+def latest_intact_state(run_dir: Path, reported) -> dict[str, Any] | None:
+    """The newest checkpoint that passes its checksum; damaged ones are skipped with a warning."""
+    from components.tokenizer.training import DamagedCheckpoint, checkpoint_step, load_state
+
+    def warn(exc: Exception) -> None:  # print: worker stdout reaches the driver's console
+        print(f"warning: skipping damaged checkpoint: {exc}", flush=True)
+
+    if reported is not None:
+        with reported.as_directory() as d:
+            try:
+                return load_state(d)
+            except DamagedCheckpoint as exc:
+                warn(exc)
+    # Ray only knows its latest; fall back to the newest intact one on disk.
+    for folder in sorted(run_dir.glob("checkpoint_*"), key=checkpoint_step, reverse=True):
+        try:
+            return load_state(folder)
+        except DamagedCheckpoint as exc:
+            warn(exc)
+    return None
+
+
+class TrainWorker:
+    """Per-worker side of a training stage: call from inside `train_loop_per_worker`.
+
+    Sets threads, determinism and the device; `restore` resumes; `end_step` logs, evaluates-aside
+    rows, and checkpoints on schedule; `finish` flushes. Rank 0 alone talks to MLflow.
+    """
+
+    def __init__(self, config: dict[str, Any], cfg: TrainingParams):
+        import ray.train
+        import ray.train.torch
+
+        ctx = ray.train.get_context()
+        self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
+        self.cfg, self.config = cfg, config
+        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        self.device = ray.train.torch.get_device()
+        self.amp = autocast_dtype(cfg.precision, self.device)
+        self.history: list[dict[str, float]] = []
+        self.run_id = config.get("mlflow_run_id")
+        self.client = None
+        if self.rank == 0 and self.run_id:
+            from mlflow.tracking import MlflowClient
+
+            self.client = MlflowClient(config["tracking_uri"])
+        self._pending: list[Any] = []
+        self._t_last, self._samples = time.perf_counter(), 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def autocast(self):
+        """Autocast context in the run's precision (a no-op in fp32)."""
+        return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
+
+    def restore(self, load: Callable[[dict[str, Any]], None]) -> int:
+        """Resume from the newest intact checkpoint: `load(state)` restores the caller's objects.
+        Returns the step to start from (0 for a fresh run)."""
+        import ray.train
+
+        state = latest_intact_state(Path(self.config["run_dir"]), ray.train.get_checkpoint())
+        if state is None:
+            return 0
+        load(state)
+        self.history = list(state["history"])
+        if self.is_main:
+            print(f"resuming from step {int(state['step'])}", flush=True)
+        return int(state["step"])
+
+    def count(self, samples: int) -> None:
+        self._samples += samples
+
+    def _flush(self) -> None:
+        if self.client is not None and self._pending:
+            try:
+                self.client.log_batch(self.run_id, metrics=list(self._pending))
+            except Exception as exc:  # a tracking hiccup must not kill training
+                log.warning("MLflow logging failed (%s); metrics kept in the checkpoint history", exc)
+            self._pending.clear()
+
+    def log_artifacts(self, paths: Iterable[Path], artifact_path: str) -> None:
+        if self.client is None:
+            return
+        try:
+            for p in paths:
+                self.client.log_artifact(self.run_id, str(p), artifact_path=artifact_path)
+        except Exception as exc:
+            log.warning("MLflow artifact upload failed (%s)", exc)
+
+    def is_eval_step(self, done: int) -> bool:
+        return done % self.cfg.eval_every == 0 or done == self.cfg.steps
+
+    def end_step(self, done: int, row: dict[str, float], state: Callable[[], dict[str, Any]],
+                 on_log: Callable[[dict[str, float]], None] | None = None) -> None:
+        """Record `row` for step `done`, log it on schedule, and checkpoint on schedule.
+
+        `state()` returns what a checkpoint holds besides step and history (state dicts, config).
+        """
+        import ray.train
+        from mlflow.entities import Metric
+
+        cfg = self.cfg
+        row = {"step": done, **row}
+        is_eval = self.is_eval_step(done)
+        if self.is_main:
+            self.history.append(row)
+            if done % cfg.log_every == 0 or is_eval or done == cfg.steps:
+                now = time.perf_counter()
+                logged = {**row, "samples_per_second": self._samples * self.world / max(now - self._t_last, 1e-9)}
+                self._t_last, self._samples = now, 0
+                ts = int(time.time() * 1000)
+                self._pending.extend(Metric(k, float(v), ts, done) for k, v in logged.items() if k != "step")
+                self._flush()
+                if on_log is not None:
+                    on_log(logged)
+        metrics = dict(row)
+        if done % cfg.checkpoint_every == 0 or done == cfg.steps:
+            import tempfile
+
+            from components.tokenizer.training import save_state
+
+            with tempfile.TemporaryDirectory() as tmp:
+                if self.is_main:
+                    save_state(tmp, {**state(), "step": done, "history": self.history})
+                    ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+                else:
+                    ray.train.report(metrics)
+        elif done % cfg.log_every == 0:
+            ray.train.report(metrics)
+
+    def finish(self) -> None:
+        self._flush()
+
+
+# ------------------------------------------------------------------------------ driver side
+
+
+def fit(params: Params, cfg: TrainingParams, loop: Callable[[dict[str, Any]], Any], loop_config: dict[str, Any],
+        name: str, storage: Path) -> dict[str, Any]:
+    """Run `loop` on a Ray Train TorchTrainer named `name`; return the final checkpoint's state.
+
+    Reusing `name` with the same storage resumes that run from its checkpoints.
+    """
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from components.tokenizer.training import load_state
+    from pipelines.common.cluster import ray_cluster
+
+    with ray_cluster(params.ray) as resources:
+        use_gpu = resources.get("GPU", 0) > 0
+        per_worker: dict[str, float] = {"CPU": cfg.cpus_per_worker}
+        if use_gpu:
+            per_worker["GPU"] = cfg.gpus_per_worker or 1.0
+        trainer = TorchTrainer(
+            loop,
+            train_loop_config={**loop_config, "run_dir": str(storage / name)},
+            scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+                                                   resources_per_worker=per_worker),
+            run_config=ray.train.RunConfig(
+                name=name, storage_path=str(storage),
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
+                failure_config=ray.train.FailureConfig(max_failures=2)),
+        )
+        result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    with result.checkpoint.as_directory() as d:
+        return load_state(d)
+
+
+def save_model_file(path: Path, payload: dict[str, Any]) -> None:
+    """A `torch.load(weights_only=True)`-loadable model file, written atomically."""
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def write_curves(plots_dir: Path, history: list[dict[str, float]], train_cols: list[str],
+                 eval_cols: list[str]) -> pd.DataFrame:
+    """plots/<stage>/loss.csv (every step) and eval.csv (evaluation steps); returns the history frame."""
+    frame = pd.DataFrame(history)
+    atomic_write_text(plots_dir / "loss.csv", frame.reindex(columns=["step", *train_cols]).to_csv(index=False))
+    key = eval_cols[0]
+    evals = frame.dropna(subset=[key]) if key in frame else frame.iloc[0:0]
+    atomic_write_text(plots_dir / "eval.csv", evals.reindex(columns=["step", *eval_cols]).to_csv(index=False))
+    return frame
+
+
+def write_metrics(path: Path, summary: dict[str, Any]) -> None:
+    atomic_write_json(path, summary)
