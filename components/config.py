@@ -158,6 +158,52 @@ class WeightsParams(_Section):
     allow_download: bool = Field(True, description="Download missing pretrained assets (sha256-verified); false fails with a clear message instead.")
 
 
+class DashboardParams(_Section):
+    out_dir: str = Field("reports/dashboard", description="Static dashboard folder (index.html + media/); opens from disk.")
+    max_runs: int = Field(200, ge=1, le=100000, description="Newest MLflow runs of the experiment shown.")
+    include_sweep: bool = Field(True, description="Read the Optuna study at sweep.storage (Pareto front, importances).")
+    media_runs: int = Field(6, ge=0, le=100, description="Runs whose sample videos/frame grids are embedded.")
+
+
+class RatioRange(_Section):
+    """A continuous search range (instead of a list of choices)."""
+
+    low: float = Field(..., gt=0, le=1, description="Smallest value tried.")
+    high: float = Field(..., gt=0, le=1, description="Largest value tried.")
+    log: bool = Field(True, description="Sample uniformly in log space.")
+
+
+class SweepParams(_Section):
+    """Optuna study over the triplane size and the coordinate sampling ratio (trials: short pretrain runs)."""
+
+    mode: Literal["single", "multi"] = Field("single", description="single: maximise test PSNR with at most "
+                                             "max_tokens tokens; multi: maximise PSNR and minimise tokens (Pareto front).")
+    n_trials: int = Field(6, ge=1, le=100000, description="Trials that train (complete, pruned or failed) in the "
+                                                          "study; raising it and rerunning continues the study.")
+    timeout: float | None = Field(None, gt=0, description="Seconds after which no new trial starts (running ones finish); null = no limit.")
+    max_concurrent: int = Field(2, ge=1, le=1024, description="Trials running at once (the cluster may allow fewer).")
+    cpus_per_trial: float = Field(1.0, gt=0, le=256, description="Ray CPUs per trial (also its torch threads).")
+    gpus_per_trial: float = Field(0.0, ge=0, le=16, description="Ray GPUs per trial (a trial uses cuda when > 0).")
+    trial_steps: int = Field(120, ge=1, description="Optimizer steps of one trial (a short pretrain run).")
+    report_every: int = Field(40, ge=1, description="Steps between a trial's test-PSNR evaluations (reported for pruning).")
+    eval_videos: int | None = Field(None, ge=1, description="Test videos per trial evaluation; null = pretrain.eval_videos.")
+    batch_size: int | None = Field(None, ge=1, description="Videos per step of a trial (one process); null = pretrain.batch_size.")
+    latent_resolution_xy: list[int] = Field([4, 8, 16], min_length=1, description="Triplane spatial sizes H' = W' tried (paper: 8/16/32).")
+    latent_resolution_t: list[int] = Field([4, 8, 16], min_length=1, description="Triplane temporal sizes T' tried (paper: 16/32/64).")
+    sampling_ratio: list[float] | RatioRange = Field([0.0625, 0.125, 0.25], description="Coordinate sampling ratios tried: "
+                                                     "a list of choices or {low, high, log} (paper: 0.03125 is enough).")
+    max_tokens: int | None = Field(400, ge=1, description="Token budget: larger triplanes are rejected without training; null = no budget.")
+    sampler: Literal["tpe", "random", "grid", "nsga2"] = Field("tpe", description="Optuna sampler (grid needs sampling_ratio choices).")
+    startup_trials: int = Field(2, ge=0, description="Random trials before TPE/NSGA-II model the results; also the pruner's start-up.")
+    pruner: Literal["median", "hyperband", "none"] = Field("median", description="Stops hopeless trials at a report "
+                                                          "(single mode; Optuna does not prune multi-objective studies).")
+    pruner_warmup_steps: int = Field(0, ge=0, description="Steps of a trial before the median pruner may stop it.")
+    seed: int = Field(0, ge=0, description="Sampler seed (a resumed study reseeds with seed + trials so far).")
+    storage: str = Field("optuna/sweep.journal", min_length=1, description="Optuna storage: a journal file path "
+                         "(default; one machine or a shared filesystem) or an SQLAlchemy URL (sqlite:///..., postgresql://...).")
+    study_name: str | None = Field(None, description="null = derived from the params that define the study (rerun = resume).")
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     synthesize: SynthesizeParams = SynthesizeParams()
@@ -167,6 +213,8 @@ class Params(_Section):
     finetune: FinetuneParams = FinetuneParams()
     ray: RayParams = RayParams()
     mlflow: MlflowParams = MlflowParams()
+    dashboard: DashboardParams = DashboardParams()
+    sweep: SweepParams = SweepParams()
     weights: WeightsParams = WeightsParams()
 
     def digest(self) -> str:
@@ -219,11 +267,41 @@ def _check_consistency(p: Params) -> None:
         fail("finetune.frames_per_video", ft.frames_per_video,
              f"it must be a multiple of {group} (decoder time patch x tokenizer.decode_group_frames) "
              f"and at most data.num_frames ({p.data.num_frames})")
+    _check_sweep(p, fail)
     s = p.synthesize
     if s.min_seconds > s.max_seconds:
         fail("synthesize.min_seconds", s.min_seconds, f"it must not exceed synthesize.max_seconds ({s.max_seconds})")
     if round(s.min_seconds * s.fps) < 1:
         fail("synthesize.min_seconds", s.min_seconds, f"it must give at least one frame at {s.fps} fps")
+
+
+def _check_sweep(p: Params, fail: Any) -> None:
+    """Rules of the sweep section alone. Whether the model takes each size depends on the preset and
+    data, so components.sweep checks every candidate when the sweep starts (not here: a search space
+    written for one preset must not block the other stages when the preset changes)."""
+    sw = p.sweep
+    for key in ("latent_resolution_xy", "latent_resolution_t"):
+        values = getattr(sw, key)
+        if len(set(values)) != len(values) or min(values) < 1:
+            fail(f"sweep.{key}", values, "list distinct positive sizes")
+    ratios = sw.sampling_ratio
+    if isinstance(ratios, list):
+        if not ratios or len(set(ratios)) != len(ratios) or any(not 0 < r <= 1 for r in ratios):
+            fail("sweep.sampling_ratio", ratios, "give distinct ratios in (0, 1]")
+    else:
+        if ratios.low >= ratios.high:
+            fail("sweep.sampling_ratio", ratios.model_dump(), "low must be below high")
+        if sw.sampler == "grid":
+            fail("sweep.sampler", sw.sampler, "the grid sampler needs sweep.sampling_ratio as a list of choices")
+    if sw.report_every > sw.trial_steps:
+        fail("sweep.report_every", sw.report_every, f"it must not exceed sweep.trial_steps ({sw.trial_steps})")
+    if sw.max_tokens is not None:
+        fewest = min(s * s + 2 * s * t for s in sw.latent_resolution_xy for t in sw.latent_resolution_t)
+        if fewest > sw.max_tokens:
+            fail("sweep.max_tokens", sw.max_tokens, f"the smallest triplane of the search space has {fewest} tokens; "
+                                                    "raise the budget or add smaller sizes")
+    if sw.sampler == "nsga2" and sw.mode != "multi":
+        fail("sweep.sampler", sw.sampler, "NSGA-II is for sweep.mode: multi; use tpe, random or grid")
 
 
 # ---------------------------------------------------------------- loading

@@ -46,7 +46,7 @@ from components.tokenizer.presets import TokenizerArch
 
 __all__ = [
     "CoordTok", "Triplane", "attend", "decode_frames", "grid_coords", "patchify", "read_plane",
-    "reconstruct", "sample_triplane", "unpatchify",
+    "decode_time_groups", "reconstruct", "sample_triplane", "unpatchify",
 ]
 
 
@@ -587,3 +587,31 @@ def decode_frames(model: CoordTok, planes: Triplane, frames: Sequence[int], grou
         offset += (e - s) * pt
     pos = [first_frame[((f // pt) // g) * g] + f - ((f // pt) // g) * g * pt for f in frames]
     return video[:, torch.tensor(pos, device=dev)]
+
+
+def decode_time_groups(model: CoordTok, planes: Triplane, starts: Tensor, length: int,
+                       max_tokens_per_chunk: int | None = None) -> Tensor:
+    """Differentiable frame-sampling decode (fine-tuning): every patch of G attention groups per video.
+
+    starts [B, G] are decoder time steps where each group begins; a group is `length` consecutive
+    time steps with all their patches in one attention context, as in `reconstruct(model, planes,
+    group_frames=length)` when the starts are multiples of `length`. Returns [B, G, length*pt, H, W, 3].
+    """
+    nt, ny, nx = model.grid
+    b, g = starts.shape
+    dev = planes.xy.device
+    if length < 1 or bool((starts < 0).any()) or bool((starts + length > nt).any()):
+        raise ValueError(f"groups of {length} time steps starting at {starts.tolist()} do not fit in {nt} steps")
+    ts = starts.reshape(-1, 1) + torch.arange(length, device=dev)  # [B*G, L]
+    tok = length * ny * nx
+    yx = _coords(model.grid, torch.zeros(1, dtype=torch.long, device=dev), torch.arange(ny, device=dev),
+                 torch.arange(nx, device=dev))[:, 1:]  # [Ny*Nx, 2] (x, y)
+    t_norm = _axis_coords(ts, nt)  # [B*G, L]
+    coords = torch.cat([t_norm[:, :, None, None].expand(-1, -1, ny * nx, 1),
+                        yx[None, None].expand(b * g, length, -1, -1)], dim=-1).reshape(b * g, tok, 3)
+    rows = torch.arange(b, device=dev).repeat_interleave(g)
+    per_chunk = b * g if max_tokens_per_chunk is None else max(1, max_tokens_per_chunk // tok)
+    out = torch.cat([model.decode(planes.index(rows[r:r + per_chunk]), coords[r:r + per_chunk])
+                     for r in range(0, b * g, per_chunk)])
+    video = unpatchify(out.view(b * g, length, ny, nx, -1), *model.patch_size)
+    return video.view(b, g, *video.shape[1:])

@@ -98,13 +98,15 @@ class ReconResult:
     baseline_psnr: float          # every frame replaced by its video's temporal mean frame
     per_video_psnr: list[float]
     recon: np.ndarray             # uint8 [B, T, H, W, 3]
+    lpips: float | None = None    # mean over real frames, when a perceptual metric was given
 
 
 @torch.no_grad()
 def evaluate_reconstruction(model, clips: np.ndarray, valid: np.ndarray, group_frames: int,
                             device: torch.device, autocast_dtype: torch.dtype | None = None,
-                            batch_size: int = 4) -> ReconResult:
-    """Encode and fully reconstruct test clips; PSNR/SSIM over their real (unpadded) frames."""
+                            batch_size: int = 4, perceptual=None) -> ReconResult:
+    """Encode and fully reconstruct test clips; PSNR/SSIM (and LPIPS when `perceptual` is given:
+    frames [N, 3, H, W] in [-1, 1] -> [N]) over their real (unpadded) frames."""
     from components.tokenizer.model import reconstruct
 
     was_training = model.training
@@ -127,7 +129,15 @@ def evaluate_reconstruction(model, clips: np.ndarray, valid: np.ndarray, group_f
         p_list.append(psnr(pred, real).item())
         b_list.append(psnr(mean, real).item())
         s_list.append(ssim(pred, real).item() if min(real.shape[2:4]) >= 11 else float("nan"))
-    return ReconResult(float(np.mean(p_list)), float(np.nanmean(s_list)), float(np.mean(b_list)), p_list, recon)
+    lp = None
+    if perceptual is not None:
+        dists = []
+        for r, c, n in zip(recon, clips, valid):
+            x = torch.from_numpy(r[:n]).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+            y = torch.from_numpy(c[:n]).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+            dists.append(perceptual(x, y).float().cpu())
+        lp = float(torch.cat(dists).mean())
+    return ReconResult(float(np.mean(p_list)), float(np.nanmean(s_list)), float(np.mean(b_list)), p_list, recon, lp)
 
 
 # ----------------------------------------------------------------------------------- state files
@@ -168,3 +178,82 @@ def checkpoint_step(folder: str | os.PathLike) -> int:
         return int(json.loads((Path(folder) / MANIFEST_FILE).read_text())["step"])
     except (OSError, ValueError, KeyError):
         return -1
+
+
+# ------------------------------------------------------------------------------------ one run
+
+
+class PretrainRunner:
+    """One process's share of a coordinate-sampling pretraining run: model, AdamW, schedule,
+    batches and the evaluation clips, all from the validated params.
+
+    The pretrain stage's Ray Train workers wrap `core` for DDP (`runner.model = prepare_model(runner.core)`)
+    after restoring a checkpoint; a sweep trial uses it single-process (`runner.core.to(device)`).
+    torch is seeded before the model is built, so the same params start from the same weights.
+    """
+
+    def __init__(self, params: Any, processed_dir: str | os.PathLike, index: pd.DataFrame,
+                 device: torch.device, amp: torch.dtype | None = None, rank: int = 0, world: int = 1):
+        from components.tokenizer.model import CoordTok
+
+        data, tok, cfg = params.data, params.tokenizer, params.pretrain
+        self.cfg, self.group_frames = cfg, tok.decode_group_frames
+        self.device, self.amp, self.rank = device, amp, rank
+        torch.manual_seed(cfg.seed)
+        self.core = CoordTok(tok.arch, data.img_size, data.num_frames)
+        self.model: torch.nn.Module = self.core  # what the step runs (a DDP wrapper in the stage)
+        self.opt = torch.optim.AdamW(self.core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                     betas=(0.9, 0.95))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+        arch = tok.arch
+        n_total = (data.num_frames // arch.dec_patch_size_t) * (data.img_size // arch.dec_patch_size_xy) ** 2
+        self.n_sample = max(1, round(cfg.sampling_ratio * n_total))
+        self.sampler = ClipSampler(processed_dir, index[index.split == "train"], data.num_frames,
+                                   arch.dec_patch_size_t, arch.dec_patch_size_xy, self.n_sample, cfg.seed)
+        self.per_worker = cfg.batch_size // (world * cfg.grad_accum)
+        self.eval_ids, self.eval_x, self.eval_n = eval_clips(processed_dir, index[index.split == "test"],
+                                                             data.num_frames, cfg.eval_videos)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
+
+    def train_step(self, step: int) -> tuple[float, int]:
+        """One optimizer step (with gradient accumulation); returns (mean loss, videos seen)."""
+        cfg, device = self.cfg, self.device
+        loss_sum, seen = 0.0, 0
+        for micro in range(cfg.grad_accum):
+            b = self.sampler.batch(self.per_worker, step, micro, self.rank)
+            video = to_unit(torch.from_numpy(b["video"]).to(device))
+            coords = torch.from_numpy(b["coords"]).to(device)
+            target = to_unit(torch.from_numpy(b["targets"]).to(device))
+            n_frames = torch.from_numpy(b["n_frames"]).to(device)
+            with self.autocast():
+                pred = self.model(video, coords, n_frames)
+            loss = torch.nn.functional.mse_loss(pred.float(), target)
+            (loss / cfg.grad_accum).backward()
+            loss_sum += loss.item() / cfg.grad_accum
+            seen += len(video)
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return loss_sum, seen
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def evaluate(self) -> ReconResult:
+        """Full reconstruction of the evaluation clips (PSNR/SSIM and the temporal-mean baseline)."""
+        return evaluate_reconstruction(self.core, self.eval_x, self.eval_n, self.group_frames, self.device, self.amp)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.core.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "config": self.core.config}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.core.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])

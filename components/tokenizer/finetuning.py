@@ -1,0 +1,96 @@
+"""Fine-tuning pieces (the paper's phase 2) with no orchestration: frame sampling and its loss.
+
+Frame sampling decodes whole frames so a perceptual loss (LPIPS) can see them. Frames are taken
+as whole attention groups of `group_steps` decoder time steps aligned like evaluation's
+`reconstruct(group_frames=group_steps)`, so each decoded frame sees exactly the attention context
+it has at test time. Sampling is a pure function of (seed, step, micro-step, rank), like pretraining.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from components.data.sampling import read_clip
+from components.data.store import FrameFile
+
+
+class FrameSampler:
+    """Batches of clip windows plus, per video, `frames_per_video` whole frames as attention groups."""
+
+    def __init__(self, processed_dir: str | os.PathLike, index: pd.DataFrame, num_frames: int, patch_t: int,
+                 group_steps: int, frames_per_video: int, seed: int):
+        self.files = [FrameFile(Path(processed_dir) / p) for p in index["frames_path"]]
+        if not self.files:
+            raise ValueError("no videos to sample from")
+        span = patch_t * group_steps
+        if frames_per_video % span or frames_per_video > num_frames or num_frames % span:
+            raise ValueError(f"frames_per_video {frames_per_video} must be a multiple of {span} frames and fit "
+                             f"in {num_frames}")
+        self.num_frames, self.patch_t, self.group_steps, self.seed = num_frames, patch_t, group_steps, seed
+        self.groups_per_video = frames_per_video // span
+
+    def batch(self, batch_size: int, step: int, micro: int = 0, rank: int = 0) -> dict[str, np.ndarray]:
+        """video uint8 [B, T, H, W, 3], n_frames [B], starts [B, G] (decoder time steps, sorted)."""
+        rng = np.random.default_rng([self.seed, step, micro, rank, 1])
+        span = self.patch_t * self.group_steps
+        videos, valid, starts = [], [], []
+        for i in rng.integers(0, len(self.files), size=batch_size):
+            clip, n = read_clip(self.files[i], self.num_frames, rng)
+            n_groups = -(-n // span)  # groups holding at least one real frame: never sample pure padding
+            pick = rng.choice(n_groups, size=self.groups_per_video, replace=n_groups < self.groups_per_video)
+            videos.append(clip)
+            valid.append(n)
+            starts.append(np.sort(pick) * self.group_steps)
+        return {"video": np.stack(videos), "n_frames": np.asarray(valid, np.int64),
+                "starts": np.stack(starts).astype(np.int64)}
+
+
+def group_frames(video: torch.Tensor, starts: torch.Tensor, length: int, patch_t: int) -> torch.Tensor:
+    """The frames of each group: video [B, T, ...], starts [B, G] time steps -> [B, G, length*pt, ...]."""
+    frames = (starts[..., None] * patch_t + torch.arange(length * patch_t, device=starts.device))  # [B, G, F]
+    idx = frames.reshape(frames.shape[0], -1)
+    picked = torch.gather(video, 1, idx.view(*idx.shape, *([1] * (video.dim() - 2))).expand(
+        -1, -1, *video.shape[2:]))
+    return picked.view(*frames.shape, *video.shape[2:])
+
+
+def valid_frame_mask(starts: torch.Tensor, n_frames: torch.Tensor, length: int, patch_t: int) -> torch.Tensor:
+    """[B, G, length*pt] bool: True for frames inside the video (padding never counts in the loss)."""
+    frames = starts[..., None] * patch_t + torch.arange(length * patch_t, device=starts.device)
+    return frames < n_frames[:, None, None]
+
+
+def frame_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+               perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+               lpips_weight: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """l2 + lpips_weight x LPIPS over the valid frames; returns (total, l2, lpips).
+
+    pred/target [B, G, F, H, W, 3] in [-1, 1]; valid [B, G, F]; `perceptual(x, y)` takes
+    [N, 3, H, W] in [-1, 1] and returns per-frame distances [N].
+    """
+    p, t = pred.float()[valid], target.float()[valid]  # [N, H, W, 3]
+    l2 = torch.nn.functional.mse_loss(p, t)
+    if perceptual is None or lpips_weight == 0:
+        lp = torch.zeros((), device=pred.device)
+    else:
+        lp = perceptual(p.permute(0, 3, 1, 2), t.permute(0, 3, 1, 2)).mean()
+    return l2 + lpips_weight * lp, l2, lp
+
+
+class FrameSamplingModel(torch.nn.Module):
+    """Encoder + frame-sampling decode in one forward, so DDP sees (and synchronises) the whole step."""
+
+    def __init__(self, tokenizer: torch.nn.Module):
+        super().__init__()
+        self.tokenizer = tokenizer
+
+    def forward(self, video: torch.Tensor, n_frames: torch.Tensor, starts: torch.Tensor, length: int) -> torch.Tensor:
+        from components.tokenizer.model import decode_time_groups
+
+        return decode_time_groups(self.tokenizer, self.tokenizer.encode(video, n_frames), starts, length)
