@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 # pip on this machine warns about every absent local index folder; keep the log readable.
 PIPQ := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help setup repro test test-fast bench clean
+.PHONY: help setup weights repro test test-fast bench clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
@@ -24,8 +24,24 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the project (idempotent)
 
-repro: setup  ## set up and run the pipeline on the embedded default (dvc repro)
+# Pretrained assets (LPIPS backbones, the FVD detector): `make repro` fetches and verifies the real ones;
+# `make repro STANDIN=1` runs offline on stand-ins (random values, every run tagged as such).
+STANDIN ?=
+STANDIN_DIR := .weights-standin
+
+weights: setup  ## fetch and verify the pretrained assets (or write stand-ins with STANDIN=1)
+ifeq ($(STANDIN),1)
+	$(PY) -m pipelines.weights standin $(STANDIN_DIR)
+else
+	$(PY) -m pipelines.weights fetch
+endif
+
+repro: weights  ## set up and run the pipeline on the embedded default (dvc repro)
+ifeq ($(STANDIN),1)
+	COORDTOK_WEIGHTS_DIR=$(abspath $(STANDIN_DIR)) dvc repro
+else
 	dvc repro
+endif
 
 test: setup  ## set up and run every test (unit, integration, end-to-end)
 	$(PY) -m pytest
@@ -36,6 +52,7 @@ test-fast: setup  ## unit and integration tests only (skips the slow end-to-end 
 bench: setup  ## print benchmark figures (needs ffmpeg for the preprocessing comparison)
 	$(PY) benchmarks/preprocess_throughput.py
 	$(PY) benchmarks/sample_throughput.py
+	$(PY) benchmarks/finetune_cost.py
 
 clean:  ## remove pipeline outputs and local tracking stores (not the venv)
 	rm -rf data models metrics plots reports latents mlruns.db mlartifacts ray_results

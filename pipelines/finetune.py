@@ -3,7 +3,7 @@
 Starts from `finetune.init_from` (default models/tokenizer/pretrain.pt). Each step decodes every
 patch of `finetune.frames_per_video` whole frames per video (as attention groups aligned like
 evaluation's) and minimises l2 + `finetune.lpips_weight` x LPIPS on them; the LPIPS network is
-frozen, in eval mode and run in fp32. Evaluation adds LPIPS (`finetune.eval_lpips_backbone`).
+frozen, in eval mode and run in fp32, and backpropagated `finetune.lpips_chunk` frames at a time. Evaluation adds LPIPS (`finetune.eval_lpips_backbone`).
 Checkpoints, resume, outputs and MLflow follow pretrain (pipelines/common/trainer.py).
 Outputs: models/tokenizer/finetune.pt, metrics/finetune.json, plots/finetune/{loss,eval}.csv.
 """
@@ -64,7 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from components.data.preview import write_previews
     from components.metrics.lpips import LPIPS
     from components.tokenizer.finetuning import (
-        FrameSampler, FrameSamplingModel, frame_loss, group_frames, valid_frame_mask,
+        FrameSampler, FrameSamplingModel, frame_loss_backward, group_frames, valid_frame_mask,
     )
     from components.tokenizer.training import eval_clips, evaluate_reconstruction, lr_factor, to_unit
 
@@ -111,10 +111,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 pred = model(video, n_frames, starts, group)
             target = group_frames(video, starts, group, pt)
             valid = valid_frame_mask(starts, n_frames, group, pt)
-            total, l2, lp = frame_loss(pred, target, valid, loss_lpips, cfg.lpips_weight)
-            (total / cfg.grad_accum).backward()
-            for k, v in (("loss", total), ("l2", l2), ("lpips", lp)):
-                sums[k] += v.item() / cfg.grad_accum
+            # LPIPS backpropagated chunk by chunk: its activations never all sit in memory at once.
+            values = frame_loss_backward(pred, target, valid, loss_lpips, cfg.lpips_weight, cfg.lpips_chunk,
+                                         scale=1.0 / cfg.grad_accum)
+            for k, v in zip(("loss", "l2", "lpips"), values):
+                sums[k] += v / cfg.grad_accum
             worker.count(len(video))
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

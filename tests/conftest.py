@@ -26,6 +26,9 @@ def shrink(raw: dict, tmp: Path) -> dict:
     raw["ray"].update(num_cpus=2)
     raw["pretrain"].update(steps=4, batch_size=2, eval_every=4, eval_videos=2, checkpoint_every=4,
                            log_every=2, warmup_steps=1, storage_path=str(tmp / "ray_results"))
+    if "finetune" in raw:
+        raw["finetune"].update(steps=2, batch_size=2, eval_every=2, eval_videos=2, checkpoint_every=2, log_every=1,
+                               warmup_steps=1, frames_per_video=2, storage_path=str(tmp / "ray_results"))
     return raw
 
 
@@ -40,6 +43,16 @@ def tiny_params_file(tmp_path: Path, raw_params: dict) -> Path:
     path = tmp_path / "params.yaml"
     path.write_text(yaml.safe_dump(shrink(raw_params, tmp_path), sort_keys=False))
     return path
+
+
+@pytest.fixture(scope="session")
+def standin_weights(tmp_path_factory) -> Path:
+    """Stand-in pretrained weights (right architectures, random values) for every asset."""
+    from components.weights import write_standins
+
+    folder = tmp_path_factory.mktemp("standin-weights")
+    write_standins(folder)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -27,7 +28,7 @@ def _run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedP
 
 
 @pytest.fixture
-def repo_copy(tmp_path: Path) -> Path:
+def repo_copy(tmp_path: Path, standin_weights: Path) -> Path:
     """The committed and new (not ignored) files of this checkout, as a fresh git repository."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
                            capture_output=True, text=True, check=True).stdout.split("\0")
@@ -44,6 +45,9 @@ def repo_copy(tmp_path: Path) -> Path:
     raw["ray"].update(num_cpus=2)
     raw["pretrain"].update(steps=4, batch_size=2, eval_every=4, eval_videos=2, checkpoint_every=4, log_every=2,
                            warmup_steps=1)
+    raw["finetune"].update(steps=2, batch_size=2, eval_every=2, eval_videos=2, checkpoint_every=2, log_every=1,
+                           warmup_steps=1, frames_per_video=2)
+    raw["weights"].update(dir=str(standin_weights), allow_download=False)  # CI uses stand-ins, explicitly
     (dst / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     _run(["git", "init", "-q"], dst)
     _run(["git", "add", "-A"], dst)
@@ -54,13 +58,14 @@ def repo_copy(tmp_path: Path) -> Path:
 @pytest.mark.slow
 def test_dvc_repro_synthesize_and_preprocess(repo_copy: Path):
     out = _run(["dvc", "repro"], repo_copy)
-    for stage in ("synthesize", "preprocess", "pretrain"):
+    for stage in ("synthesize", "preprocess", "pretrain", "finetune"):
         assert f"Running stage '{stage}'" in out.stdout
     index = pd.read_parquet(repo_copy / "data/processed/index.parquet")
     assert len(index) == 16 and set(index["split"]) == {"train", "test"}
     assert (repo_copy / "reports/preprocess.json").is_file()
     assert (repo_copy / "mlruns.db").is_file()
     assert (repo_copy / "models/tokenizer/pretrain.pt").is_file()
+    assert json.loads((repo_copy / "metrics/finetune.json").read_text())["standin_weights"] is True
     metrics = _run(["dvc", "metrics", "show", "--json"], repo_copy).stdout
     assert "test_psnr" in metrics
     # Outputs are git-ignored by DVC; the lock file records them.
@@ -81,6 +86,11 @@ def test_dvc_repro_synthesize_and_preprocess(repo_copy: Path):
     (repo_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
     dry = _run(["dvc", "repro", "--dry"], repo_copy).stdout
     assert "Running stage 'pretrain'" in dry and "Running stage 'preprocess'" not in dry
+    raw["pretrain"]["lr"] = 0.001
+    raw["finetune"]["lpips_weight"] = 0.5
+    (repo_copy / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    dry = _run(["dvc", "repro", "--dry"], repo_copy).stdout
+    assert "Running stage 'finetune'" in dry and "Running stage 'pretrain'" not in dry
 
     # `dvc exp run -S` overrides go through the same validation, before any compute.
     bad = _run(["dvc", "exp", "run", "-S", "data.img_size=60"], repo_copy, check=False)

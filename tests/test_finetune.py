@@ -200,3 +200,33 @@ def test_finetune_refuses_a_missing_or_mismatched_start(tmp_path, processed, sta
     save_model_file(pfile.parent / "models/tokenizer/pretrain.pt", {"config": other.config, "model": other.state_dict()})
     with pytest.raises(UserError, match="different tokenizer"):
         finetune(params, pfile.parent)
+
+
+def test_chunked_lpips_backward_gives_the_same_gradients_as_the_plain_loss():
+    model = _tiny_model(seed=3)
+    video = torch.rand(2, 8, 16, 16, 3) * 2 - 1
+    starts = torch.tensor([[1, 6], [0, 3]])
+    valid = valid_frame_mask(starts, torch.tensor([8, 7]), 1, 1)
+
+    def perceptual(x, y):  # per-frame, nonlinear, like LPIPS
+        return ((x - y) ** 2).mean(dim=(1, 2, 3)).sqrt()
+
+    from components.tokenizer.finetuning import frame_loss_backward
+
+    target = group_frames(video, starts, 1, 1)
+    grads = []
+    for chunked in (False, True):
+        model.zero_grad()
+        pred = decode_time_groups(model, model.encode(video), starts, 1)
+        if chunked:
+            total, l2, lp = frame_loss_backward(pred, target, valid, perceptual, 0.5, chunk=1, scale=0.25)
+        else:
+            t, l2_t, lp_t = frame_loss(pred, target, valid, perceptual, 0.5)
+            (0.25 * t).backward()
+            ref = (float(t), float(l2_t), float(lp_t))
+        grads.append([p.grad.clone() for p in model.parameters() if p.grad is not None])
+    assert total == pytest.approx(ref[0], rel=1e-5) and l2 == pytest.approx(ref[1], rel=1e-5)
+    assert lp == pytest.approx(ref[2], rel=1e-5)
+    assert len(grads[0]) == len(grads[1]) > 0
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)

@@ -94,3 +94,29 @@ class FrameSamplingModel(torch.nn.Module):
         from components.tokenizer.model import decode_time_groups
 
         return decode_time_groups(self.tokenizer, self.tokenizer.encode(video, n_frames), starts, length)
+
+
+def frame_loss_backward(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+                        perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
+                        lpips_weight: float, chunk: int, scale: float = 1.0) -> tuple[float, float, float]:
+    """Backpropagate `scale` x `frame_loss` into `pred`'s graph with LPIPS run `chunk` frames at a time.
+
+    LPIPS keeps its activations for the backward pass, so a plain chunked forward does not bound
+    memory. Here each chunk's LPIPS is backpropagated to the decoded frames right away (its
+    activations freed), the frame gradients accumulate, and one backward then runs through the
+    tokenizer. Same gradients as `frame_loss(...).backward()`; returns (total, l2, lpips) values.
+    """
+    leaf = pred.detach().float().requires_grad_(True)
+    n = int(valid.sum())
+    l2 = torch.nn.functional.mse_loss(leaf[valid], target.float()[valid])
+    (scale * l2).backward()
+    lp_total = 0.0
+    if perceptual is not None and lpips_weight != 0:
+        t_all = target.float()[valid]
+        for s in range(0, n, chunk):
+            p = leaf[valid][s:s + chunk].permute(0, 3, 1, 2)
+            d = perceptual(p, t_all[s:s + chunk].permute(0, 3, 1, 2)).sum() / n
+            (scale * lpips_weight * d).backward()
+            lp_total += float(d)
+    pred.backward(leaf.grad.to(pred.dtype))
+    return float(l2) + lpips_weight * lp_total, float(l2), lp_total
