@@ -10,7 +10,7 @@ export RAY_USAGE_STATS_ENABLED := 0
 # pip on this machine warns about every absent local index folder; keep the log readable.
 PIPQ := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 
-.PHONY: help setup weights repro test test-fast bench clean
+.PHONY: help setup weights browser repro test test-fast bench clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' Makefile | sed 's/:.*## /\t/'
 
@@ -43,7 +43,14 @@ else
 	dvc repro
 endif
 
-test: setup  ## set up and run every test (unit, integration, end-to-end)
+# The dashboard's browser test drives Debian's headless chromium; install it when we can (root + apt),
+# otherwise that test skips with the reason.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+	  || echo "chromium not installed: the dashboard browser test will skip"; }
+
+test: setup browser  ## set up and run every test (unit, integration, end-to-end)
 	$(PY) -m pytest
 
 test-fast: setup  ## unit and integration tests only (skips the slow end-to-end ones)

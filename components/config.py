@@ -138,6 +138,41 @@ class FinetuneParams(TrainingParams):
     eval_videos: int = Field(8, ge=1, description="Test videos reconstructed per evaluation.")
 
 
+class ExtractLatentsParams(_Section):
+    """Encode the training videos once (Ray Data batch inference) into latents/ for train_sit."""
+
+    tokenizer_path: str = Field("models/tokenizer/finetune.pt", description="Tokenizer checkpoint that encodes the clips.")
+    clip_policy: Literal["first", "windows"] = Field("first", description="first: the first data.num_frames frames of "
+                                                     "each video; windows: every non-overlapping data.num_frames window.")
+    splits: list[Literal["train", "test"]] = Field(["train"], min_length=1, description="Index splits encoded (paper: train).")
+    batch_size: int = Field(8, ge=1, description="Clips per encoder forward (one Ray Data batch).")
+    num_actors: int = Field(1, ge=1, description="Encoder actors (one tokenizer each).")
+    cpus_per_actor: float = Field(0.5, gt=0, description="Ray CPUs per actor (fractional on small machines, or the "
+                                                         "read tasks starve); its torch threads: at least 1.")
+    gpus_per_actor: float = Field(0.0, ge=0, description="Ray GPUs per actor (an actor encodes on cuda when > 0).")
+    dtype: Literal["float16", "float32"] = Field("float16", description="Stored latent precision (stats are computed from the float32 encodings).")
+
+
+class TrainSitParams(TrainingParams):
+    """SiT generator training on the cached latents (no tokenizer in the loop)."""
+
+    preset: str = Field("SiT-tiny/2", description="SiT-tiny/2 | SiT-S/2 | SiT-B/2 | SiT-L/2 (paper) | SiT-XL/2.")
+    path: Literal["linear", "gvp"] = Field("linear", description="Interpolant of the transport (paper: linear, velocity prediction).")
+    ema_decay: float = Field(0.99, ge=0, lt=1, description="EMA decay per step (SiT: 0.9999 over long runs).")
+    class_conditional: bool = Field(False, description="Condition on the UCF-101 class (paper: unconditional).")
+    label_dropout: float = Field(0.1, ge=0, lt=1, description="Label dropout for classifier-free guidance (class_conditional only).")
+    steps: int = Field(400, ge=1, description="Optimizer steps (paper: 600,000).")
+    batch_size: int = Field(16, ge=1, description="Latents per optimizer step, all workers and accumulation steps together (paper: 256).")
+    lr: float = Field(1e-3, gt=0, le=1, description="AdamW peak learning rate (paper: 1e-4).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (SiT: 0).")
+    warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")
+    eval_every: int = Field(200, ge=1, description="Steps between evaluations (EMA samples vs the data stats).")
+    checkpoint_every: int = Field(100, ge=1, description="Steps between Ray Train checkpoints.")
+    eval_samples: int = Field(32, ge=2, description="Latents generated per evaluation; their per-plane/channel mean and std are compared to the data's.")
+    eval_sampler: Literal["euler", "heun", "sde"] = Field("euler", description="Sampler of the evaluation samples.")
+    eval_steps: int = Field(20, ge=1, description="Sampler steps of the evaluation samples (paper sampling: SDE, 250).")
+
+
 class RayParams(_Section):
     address: str | None = Field(None, description='null starts a local cluster; "auto" or host:port joins one '
                                                   "(RAY_ADDRESS wins when set).")
@@ -204,6 +239,32 @@ class SweepParams(_Section):
     study_name: str | None = Field(None, description="null = derived from the params that define the study (rerun = resume).")
 
 
+class EvaluateParams(_Section):
+    """Stage `evaluate`: reconstruction metrics, generation FVD/cost, the dynamics analysis, reports."""
+
+    tokenizer_path: str = Field("models/tokenizer/finetune.pt", description="Tokenizer checkpoint evaluated (this project's schema).")
+    sit_path: str = Field("models/sit/sit.pt", description="SiT checkpoint that generates (models/sit/sit.pt schema, with latent_stats).")
+    use_ema: bool = Field(True, description="Generate with the SiT's EMA weights (false: the raw weights).")
+    recon_videos: int = Field(16, ge=2, description="Test videos reconstructed for PSNR/SSIM/LPIPS/rFVD and the dynamics analysis.")
+    num_videos: int = Field(16, ge=2, description="Videos generated for FVD (paper: 2,048).")
+    real_videos: int = Field(16, ge=2, description="Real training clips of the FVD reference set (paper: 2,048).")
+    fvd_detector: Literal["styleganv", "videogpt"] = Field("styleganv", description="styleganv: StyleGAN-V's TorchScript I3D (paper protocol); videogpt: the InceptionI3d state dict.")
+    fvd_clip_frames: int | None = Field(16, ge=9, description="FVD on the first N frames (generated) vs random N-frame windows (real) (paper: 16); null skips it.")
+    fvd_full_length: bool = Field(True, description="Also FVD on whole data.num_frames-frame videos (paper: 128).")
+    sampler: Literal["sde", "euler", "heun"] = Field("sde", description="SiT sampler (paper: SDE Euler).")
+    sampling_steps: int = Field(50, ge=1, le=10000, description="Sampler steps (paper: 250).")
+    cfg_scale: float = Field(1.0, ge=1.0, description="Classifier-free guidance scale (1 = none; unconditional SiTs need 1).")
+    batch_size: int = Field(4, ge=1, description="Videos generated/reconstructed per batch in one actor (paper: 64).")
+    feature_batch_size: int = Field(4, ge=1, description="Videos per detector forward pass.")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="Autocast for sampling and decoding (features and metrics always fp32).")
+    num_actors: int | None = Field(None, ge=1, description="Ray actors sharing the work; null = what the cluster fits (CPUs or GPUs / per-actor share).")
+    cpus_per_actor: float = Field(1.0, gt=0, description="Ray CPUs per actor (fractions allowed; also its torch threads, at least 1).")
+    gpus_per_actor: float = Field(0.0, ge=0, description="Ray GPUs per actor; 0 on a cluster with GPUs means 1.")
+    lpips_backbone: Literal["alex", "vgg", "squeeze"] = Field("alex", description="LPIPS network of the reconstruction table (paper: alex).")
+    grid_videos: int = Field(16, ge=1, le=64, description="Generated videos tiled into reports/evaluate/samples.{mp4,gif}.")
+    seed: int = Field(0, ge=0, description="Seeds generation (video i from (seed, i)) and the real-clip draw.")
+
+
 class Params(_Section):
     data: DataParams = DataParams()
     synthesize: SynthesizeParams = SynthesizeParams()
@@ -211,11 +272,14 @@ class Params(_Section):
     tokenizer: TokenizerParams = TokenizerParams()
     pretrain: PretrainParams = PretrainParams()
     finetune: FinetuneParams = FinetuneParams()
+    extract_latents: ExtractLatentsParams = ExtractLatentsParams()
+    train_sit: TrainSitParams = TrainSitParams()
     ray: RayParams = RayParams()
     mlflow: MlflowParams = MlflowParams()
     dashboard: DashboardParams = DashboardParams()
     sweep: SweepParams = SweepParams()
     weights: WeightsParams = WeightsParams()
+    evaluate: EvaluateParams = EvaluateParams()
 
     def digest(self) -> str:
         """Short stable hash of the validated params (an MLflow tag; names resumable runs)."""
@@ -267,12 +331,33 @@ def _check_consistency(p: Params) -> None:
         fail("finetune.frames_per_video", ft.frames_per_video,
              f"it must be a multiple of {group} (decoder time patch x tokenizer.decode_group_frames) "
              f"and at most data.num_frames ({p.data.num_frames})")
+    _check_generator(p, fail)
     _check_sweep(p, fail)
+    _check_evaluate(p, fail)
     s = p.synthesize
     if s.min_seconds > s.max_seconds:
         fail("synthesize.min_seconds", s.min_seconds, f"it must not exceed synthesize.max_seconds ({s.max_seconds})")
     if round(s.min_seconds * s.fps) < 1:
         fail("synthesize.min_seconds", s.min_seconds, f"it must give at least one frame at {s.fps} fps")
+
+
+def _check_generator(p: Params, fail: Any) -> None:
+    """extract_latents / train_sit rules (SiT names end in /<patch size>; the stage checks the name exists)."""
+    sit = p.train_sit
+    match = re.fullmatch(r"SiT-[A-Za-z0-9]+/(\d+)", sit.preset)
+    if match is None or int(match.group(1)) < 1:
+        fail("train_sit.preset", sit.preset, "use a SiT preset name such as SiT-tiny/2 or SiT-L/2")
+    patch = int(match.group(1))
+    arch = p.tokenizer.arch
+    for name in ("latent_resolution_xy", "latent_resolution_t"):
+        if getattr(arch, name) % patch:
+            fail("train_sit.preset", sit.preset, f"its patch size {patch} must divide tokenizer.{name} ({getattr(arch, name)})")
+    if sit.batch_size % (sit.num_workers * sit.grad_accum):
+        fail("train_sit.batch_size", sit.batch_size,
+             f"it must be a multiple of train_sit.num_workers x train_sit.grad_accum ({sit.num_workers * sit.grad_accum})")
+    ex = p.extract_latents
+    if len(set(ex.splits)) != len(ex.splits):
+        fail("extract_latents.splits", ex.splits, "list each split once")
 
 
 def _check_sweep(p: Params, fail: Any) -> None:
@@ -302,6 +387,15 @@ def _check_sweep(p: Params, fail: Any) -> None:
                                                     "raise the budget or add smaller sizes")
     if sw.sampler == "nsga2" and sw.mode != "multi":
         fail("sweep.sampler", sw.sampler, "NSGA-II is for sweep.mode: multi; use tpe, random or grid")
+
+
+def _check_evaluate(p: Params, fail: Any) -> None:
+    """Rules of the evaluate section alone; whether the clip lengths fit data.num_frames is checked when the
+    stage starts (a shrunken data section must not block the other stages)."""
+    ev = p.evaluate
+    if ev.fvd_clip_frames is None and not ev.fvd_full_length:
+        fail("evaluate.fvd_full_length", ev.fvd_full_length,
+             "set it true or give evaluate.fvd_clip_frames (otherwise no FVD is computed)")
 
 
 # ---------------------------------------------------------------- loading

@@ -75,6 +75,13 @@ def test_dvc_repro_synthesize_and_preprocess(repo_copy: Path):
     again = _run(["dvc", "repro"], repo_copy)
     assert "Running stage" not in again.stdout
 
+    # A teammate: clone, pull the pushed artifacts, and `dvc repro` has nothing to do.
+    clone = _share_and_clone(repo_copy, repo_copy.parent)
+    assert (clone / "models/tokenizer/finetune.pt").read_bytes() == (repo_copy / "models/tokenizer/finetune.pt").read_bytes()
+    status = _run(["dvc", "status"], clone).stdout
+    assert "up to date" in status, status
+    assert "Running stage" not in _run(["dvc", "repro"], clone).stdout
+
     # A param of one stage reruns that stage only.
     raw = yaml.safe_load((repo_copy / "params.yaml").read_text())
     raw["data"]["img_size"] = 48
@@ -96,3 +103,17 @@ def test_dvc_repro_synthesize_and_preprocess(repo_copy: Path):
     bad = _run(["dvc", "exp", "run", "-S", "data.img_size=60"], repo_copy, check=False)
     assert bad.returncode != 0
     assert "data.img_size = 60 is not allowed: it must be a multiple of" in bad.stdout + bad.stderr
+
+
+def _share_and_clone(repo: Path, tmp: Path) -> Path:
+    """Push a finished run to a local DVC remote, clone the repository fresh and pull it."""
+    remote = tmp / "remote"
+    _run(["dvc", "remote", "modify", "--local", "shared", "url", str(remote)], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "run"], repo)
+    _run(["dvc", "push"], repo)
+    clone = tmp / "clone"
+    _run(["git", "clone", "-q", str(repo), str(clone)], tmp)
+    _run(["dvc", "remote", "modify", "--local", "shared", "url", str(remote)], clone)
+    _run(["dvc", "pull"], clone)
+    return clone

@@ -1,0 +1,53 @@
+"""Stage `dashboard`: the static comparison dashboard from the MLflow store and the Optuna sweep.
+
+Reads every run of experiment `mlflow.experiment` (the same store the stages write:
+MLFLOW_TRACKING_URI > mlflow.tracking_uri) and, when `dashboard.include_sweep`, the study at
+`sweep.storage`. Writes <dashboard.out_dir>/index.html and media/ (default reports/dashboard/):
+self-contained, opens from disk. Read-only: it starts no MLflow run of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from components.config import Params, resolve_path
+from pipelines.common.cli import main_for, quiet_third_party
+from pipelines.common.report import print_summary
+from pipelines.common.tracking import _check_reachable, resolve_tracking_uri
+
+
+def resolve_sweep_storage(params: Params, root: Path) -> str | None:
+    """The sweep's Optuna storage with relative sqlite/journal paths made absolute; None when off/unset."""
+    sweep = getattr(params, "sweep", None)  # the sweep section may not exist in every checkout
+    storage = getattr(sweep, "storage", None)
+    if not params.dashboard.include_sweep or not storage:
+        return None
+    if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
+        return "sqlite:///" + str((root / storage[len("sqlite:///"):]).resolve())
+    if "://" not in storage:  # a journal file path
+        return str(resolve_path(root, storage).resolve())
+    return storage
+
+
+def dashboard(params: Params, root: Path) -> dict[str, Any]:
+    """Build reports/dashboard/index.html from the MLflow runs and the Optuna study."""
+    quiet_third_party()
+    from dashboards.build import build_dashboard
+
+    cfg = params.dashboard
+    uri = resolve_tracking_uri(params, root)
+    _check_reachable(uri)
+    summary = build_dashboard(uri, params.mlflow.experiment, resolve_sweep_storage(params, root),
+                              resolve_path(root, cfg.out_dir), max_runs=cfg.max_runs, media_runs=cfg.media_runs)
+    rows = [("runs", summary["runs"]), ("stages", ", ".join(summary["stages"]) or "none"),
+            ("frontier points", summary["frontier_points"]), ("learning-curve charts", summary["curve_charts"]),
+            ("sweep trials", summary["sweep_trials"]), ("media files", summary["media"]),
+            ("seconds", summary["seconds"]), ("open", summary["index"])]
+    rows += [("note", n) for n in summary["notes"]]
+    print_summary("dashboard", rows)
+    return summary
+
+
+if __name__ == "__main__":
+    main_for("dashboard", dashboard)
