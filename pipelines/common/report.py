@@ -6,8 +6,12 @@ from typing import Any
 
 
 def print_summary(title: str, rows: list[tuple[str, Any]]) -> None:
-    cells = [(str(k), f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v))
-             for k, v in rows]
+    def fmt(v: Any) -> str:
+        if isinstance(v, bool):  # before int: True is an int
+            return "yes" if v else "no"
+        return f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
+
+    cells = [(str(k), fmt(v)) for k, v in rows]
     kw = max(len(k) for k, _ in cells)
     vw = max(len(v) for _, v in cells)
     line = "+" + "-" * (kw + 2) + "+" + "-" * (vw + 2) + "+"

@@ -113,12 +113,15 @@ class TrainWorker:
         self.amp = autocast_dtype(cfg.precision, self.device)
         self.history: list[dict[str, float]] = []
         self.run_id = config.get("mlflow_run_id")
-        self.client = None
+        self.client = self.metrics = None
         if self.rank == 0 and self.run_id:
             from mlflow.tracking import MlflowClient
 
+            from pipelines.common.tracking import MetricsBuffer
+
             self.client = MlflowClient(config["tracking_uri"])
-        self._pending: list[Any] = []
+            # Buffered with backoff: a tracking server that drops out never stalls or kills training.
+            self.metrics = MetricsBuffer(self.client, self.run_id, tracking_uri=config["tracking_uri"])
         self._t_last, self._samples = time.perf_counter(), 0
 
     @property
@@ -146,14 +149,6 @@ class TrainWorker:
     def count(self, samples: int) -> None:
         self._samples += samples
 
-    def _flush(self) -> None:
-        if self.client is not None and self._pending:
-            try:
-                self.client.log_batch(self.run_id, metrics=list(self._pending))
-            except Exception as exc:  # a tracking hiccup must not kill training
-                log.warning("MLflow logging failed (%s); metrics kept in the checkpoint history", exc)
-            self._pending.clear()
-
     def log_artifacts(self, paths: Iterable[Path], artifact_path: str) -> None:
         if self.client is None:
             return
@@ -173,7 +168,6 @@ class TrainWorker:
         `state()` returns what a checkpoint holds besides step and history (state dicts, config).
         """
         import ray.train
-        from mlflow.entities import Metric
 
         cfg = self.cfg
         row = {"step": done, **row}
@@ -184,9 +178,9 @@ class TrainWorker:
                 now = time.perf_counter()
                 logged = {**row, "samples_per_second": self._samples * self.world / max(now - self._t_last, 1e-9)}
                 self._t_last, self._samples = now, 0
-                ts = int(time.time() * 1000)
-                self._pending.extend(Metric(k, float(v), ts, done) for k, v in logged.items() if k != "step")
-                self._flush()
+                if self.metrics is not None:
+                    self.metrics.add({k: float(v) for k, v in logged.items() if k != "step"}, step=done)
+                    self.metrics.flush()
                 if on_log is not None:
                     on_log(logged)
         metrics = dict(row)
@@ -204,8 +198,9 @@ class TrainWorker:
         elif done % cfg.log_every == 0:
             ray.train.report(metrics)
 
-    def finish(self) -> None:
-        self._flush()
+    def finish(self) -> dict[str, Any] | None:
+        """Send what is still buffered; returns the delivery report (sent, late, dropped) on rank 0."""
+        return self.metrics.close() if self.metrics is not None else None
 
 
 # ------------------------------------------------------------------------------ driver side
