@@ -455,6 +455,20 @@ def load_params(path: str | os.PathLike = "params.yaml") -> Params:
     return validate_params(raw, source=str(path))
 
 
+def shared_root(root: str | os.PathLike) -> Path:
+    """The checkout that owns `root`: itself, or, inside a DVC experiment's temporary workspace
+    (`<repo>/.dvc/tmp/exps/...`, used by `dvc exp run --queue/--temp`), the repository it came from.
+
+    Stores that must outlive one experiment and be shared by concurrent ones (the MLflow sqlite
+    file, the Optuna study) resolve their relative paths against this folder.
+    """
+    parts = Path(root).resolve().parts
+    for i in range(len(parts) - 3):
+        if parts[i:i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return Path(root).resolve()
+
+
 def resolve_path(root: str | os.PathLike, value: str) -> Path:
     """Params paths are relative to the repository root (where params.yaml and dvc.yaml live)."""
     p = Path(os.path.expanduser(value))

@@ -91,3 +91,15 @@ def test_readme_params_reference_is_current():
     end = text.index("<!-- params-reference:end -->")
     assert text[start:end].strip() == params_reference().strip(), \
         "README params table is stale: regenerate it with `python -m pipelines.params reference`"
+
+
+def test_shared_root_maps_a_dvc_experiment_workspace_to_its_repository(tmp_path):
+    from components.config import shared_root
+
+    repo = tmp_path / "repo"
+    exp = repo / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    exp.mkdir(parents=True)
+    assert shared_root(exp) == repo.resolve()
+    assert shared_root(exp / "sub") == repo.resolve()
+    assert shared_root(repo) == repo.resolve()
+    assert shared_root(tmp_path / "other" / ".dvc" / "tmp") == (tmp_path / "other" / ".dvc" / "tmp").resolve()

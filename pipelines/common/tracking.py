@@ -25,7 +25,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from components.config import Params
+from components.config import Params, shared_root
 from components.errors import UserError
 
 log = logging.getLogger("tracking")
@@ -44,7 +44,10 @@ _USER_TRACKING_URI = os.environ.get("MLFLOW_TRACKING_URI", "").strip()
 
 
 def resolve_tracking_uri(params: Params, root: Path) -> str:
+    """The tracking URI; relative local stores resolve against the checkout, so queued DVC
+    experiments (which run in temporary workspaces) log into the same store as the workspace."""
     uri = _USER_TRACKING_URI or params.mlflow.tracking_uri
+    root = shared_root(root)
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         uri = "sqlite:///" + str((root / uri[len("sqlite:///"):]).resolve())
     elif "://" not in uri:  # a plain folder path: file store
@@ -151,7 +154,7 @@ def stage_run(params: Params, root: Path, stage: str, name_suffix: str = "",
     if mlflow.get_experiment_by_name(name) is None:
         artifact_location = None
         if uri.startswith("sqlite:"):
-            artifact_location = (root / "mlartifacts").resolve().as_uri()
+            artifact_location = (shared_root(root) / "mlartifacts").resolve().as_uri()
         with contextlib.suppress(Exception):  # another process may create it at the same moment
             mlflow.create_experiment(name, artifact_location=artifact_location)
     mlflow.set_experiment(name)
