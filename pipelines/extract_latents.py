@@ -1,0 +1,206 @@
+"""Stage `extract_latents`: encode the training clips once with the fine-tuned tokenizer (Ray Data).
+
+Batch inference: the clip list (video, start, valid frames; `extract_latents.clip_policy`) becomes a
+Ray Dataset; `map_batches` runs an actor pool (one tokenizer per actor, CPUs/GPUs per actor and
+batch size from params) that reads each clip from the frame store, encodes it, casts the triplanes
+to the store dtype and adds the batch's exact per-plane, per-channel moments of the stored values.
+The driver writes every row into latents/ (components/generator/store.py) by position and merges
+the batch moments (Chan), so latents/stats.json describes exactly what train_sit reads.
+latents/ is built in a staging folder and swapped in whole. Outputs: latents/, metrics/extract_latents.json.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.config import Params, resolve_path
+from components.errors import UserError
+from components.io import (
+    atomic_write_json,
+    commit_dir,
+    remove_stale_staging,
+    staging_dir,
+)
+from pipelines.common.cli import main_for, quiet_third_party
+from pipelines.common.report import print_summary
+from pipelines.preprocess import INDEX_FILE, PROCESSED_DIR
+
+log = logging.getLogger("extract_latents")
+
+LATENTS_DIR = "latents"
+METRICS_OUT = "metrics/extract_latents.json"
+
+
+class ClipEncoder:
+    """Ray Data callable class: one tokenizer per actor; a batch of clip rows -> triplanes + moments."""
+
+    def __init__(self, tokenizer_path: str, processed_dir: str, num_frames: int, dtype: str, use_gpu: bool,
+                 threads: int):
+        import torch
+
+        from components.tokenizer.released import load_tokenizer
+
+        torch.set_num_threads(max(1, threads))
+        self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        self.model = load_tokenizer(tokenizer_path).to(self.device).eval()
+        self.processed, self.num_frames, self.dtype = Path(processed_dir), num_frames, np.dtype(dtype)
+        self._files: dict[str, Any] = {}
+
+    def _clip(self, frames_path: str, start: int, n_valid: int) -> np.ndarray:
+        from components.data.store import FrameFile
+
+        f = self._files.get(frames_path)
+        if f is None:
+            f = self._files[frames_path] = FrameFile(self.processed / frames_path)
+        h = f.header
+        clip = np.zeros((self.num_frames, h.height, h.width, h.channels), np.uint8)
+        clip[:n_valid] = f.read(start, n_valid)
+        return clip
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        import torch
+
+        from components.generator.latent_stats import LatentStats
+        from components.tokenizer.training import to_unit
+
+        clips = np.stack([self._clip(str(p), int(s), int(n))
+                          for p, s, n in zip(batch["frames_path"], batch["start"], batch["n_valid"])])
+        video = to_unit(torch.from_numpy(clips).to(self.device))
+        n_valid = torch.as_tensor(np.asarray(batch["n_valid"], np.int64), device=self.device)
+        with torch.no_grad():
+            planes = self.model.encode(video, n_valid)
+        stored = [p.float().cpu().numpy().astype(self.dtype) for p in (planes.xy, planes.yt, planes.xt)]
+        # Moments of the values as stored (after the dtype cast): exactly what train_sit normalises.
+        stats = LatentStats(stored[0].shape[1]).update([torch.from_numpy(x.astype(np.float32)) for x in stored])
+        # One entry per batch carries the batch's moments; rows may be re-blocked downstream, entries are not lost.
+        moments = np.array([json.dumps(stats.to_dict())] + [""] * (len(stored[0]) - 1), dtype=object)
+        return {"row": np.asarray(batch["row"], np.int64), "xy": stored[0], "yt": stored[1], "xt": stored[2],
+                "moments": moments}
+
+
+def encode_to_store(rows: pd.DataFrame, folder: Path, params: Params, tokenizer_path: Path, processed: Path,
+                    plane_shapes, meta: dict[str, Any], num_actors: int | None = None,
+                    use_gpu: bool = False) -> dict[str, Any]:
+    """Run the Ray Data pipeline over `rows` into a store at `folder` (already connected to Ray).
+
+    Returns {"clips", "seconds", "clips_per_second" (start-up included), "first_batch_seconds", "stats"}.
+    """
+    import ray.data
+
+    from components.generator.latent_stats import LatentStats
+    from components.generator.store import LatentWriter
+
+    cfg = params.extract_latents
+    actors = num_actors or cfg.num_actors
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    writer = LatentWriter(folder, len(rows), plane_shapes, cfg.dtype)
+    stats = LatentStats(plane_shapes[0][0])
+    started = time.perf_counter()
+    # One block per batch: the actors are fed (and results streamed back) batch by batch, not one big block.
+    items = rows[["row", "frames_path", "start", "n_valid"]].reset_index(drop=True)
+    ds = ray.data.from_pandas([items.iloc[i:i + cfg.batch_size] for i in range(0, len(items), cfg.batch_size)])
+    encoded = ds.map_batches(
+        ClipEncoder,
+        fn_constructor_kwargs={"tokenizer_path": str(tokenizer_path), "processed_dir": str(processed),
+                               "num_frames": params.data.num_frames, "dtype": cfg.dtype, "use_gpu": use_gpu,
+                               "threads": int(max(1, round(cfg.cpus_per_actor)))},
+        batch_size=cfg.batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor if use_gpu else 0)
+    done, first_at = 0, None
+    for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
+        if first_at is None:  # actor start-up + model load + one batch
+            first_at = time.perf_counter() - started
+        writer.write(batch["row"], [batch["xy"], batch["yt"], batch["xt"]])
+        for m in batch["moments"]:
+            if m:
+                stats.merge(LatentStats.from_dict(json.loads(m)))
+        done += len(batch["row"])
+    seconds = time.perf_counter() - started
+    if stats.planes["xy"].count != done * plane_shapes[0][1] * plane_shapes[0][2]:
+        raise RuntimeError(f"latent moments cover {stats.planes['xy'].count} values, expected {done} clips' worth")
+    writer.close(rows, stats, meta)
+    return {"clips": done, "seconds": seconds, "clips_per_second": done / max(seconds, 1e-9),
+            "first_batch_seconds": first_at, "stats": stats}
+
+
+def extract_latents(params: Params, root: Path) -> dict[str, Any]:
+    """Encode the clips of `extract_latents.splits` into latents/; returns metrics/extract_latents.json."""
+    quiet_third_party()
+    from components.generator.store import clip_rows
+    from components.tokenizer.released import load_tokenizer
+    from pipelines.common.cluster import ray_cluster
+    from pipelines.common.tracking import stage_run
+    from pipelines.common.trainer import file_digest
+
+    cfg, data = params.extract_latents, params.data
+    processed = resolve_path(root, PROCESSED_DIR)
+    if not (processed / INDEX_FILE).is_file():
+        raise UserError(f"{PROCESSED_DIR}/{INDEX_FILE} is missing; run the preprocess stage first (dvc repro preprocess)")
+    tok_path = resolve_path(root, cfg.tokenizer_path)
+    tokenizer = load_tokenizer(tok_path)  # a missing/bad file is one clear error before Ray starts
+    if tokenizer.num_frames != data.num_frames:
+        raise UserError(f"{cfg.tokenizer_path} encodes {tokenizer.num_frames}-frame clips but data.num_frames is "
+                        f"{data.num_frames}; point extract_latents.tokenizer_path at a tokenizer trained on these params")
+    a = tokenizer.arch
+    plane_shapes = ((a.latent_n_features, a.latent_resolution_xy, a.latent_resolution_xy),
+                    (a.latent_n_features, a.latent_resolution_t, a.latent_resolution_xy),
+                    (a.latent_n_features, a.latent_resolution_t, a.latent_resolution_xy))
+    del tokenizer
+    index = pd.read_parquet(processed / INDEX_FILE)
+    index = index[index.split.isin(cfg.splits)]
+    if index.empty:
+        raise UserError(f"the processed index has no videos in splits {cfg.splits}; check extract_latents.splits")
+    rows = clip_rows(index, data.num_frames, cfg.clip_policy)
+    meta = {"clip_policy": cfg.clip_policy, "num_frames": data.num_frames, "splits": list(cfg.splits),
+            "plane_shapes": [list(s) for s in plane_shapes], "tokenizer_path": cfg.tokenizer_path,
+            "tokenizer_sha256": file_digest(tok_path), "num_classes": int(index.label.max()) + 1}
+
+    out = resolve_path(root, LATENTS_DIR)
+    remove_stale_staging(out.parent, out.name)
+    suffix = f"{cfg.clip_policy} actors={cfg.num_actors} batch={cfg.batch_size} {cfg.dtype}"
+    with stage_run(params, root, "extract_latents", suffix) as run, ray_cluster(params.ray) as resources:
+        import mlflow
+
+        use_gpu = resources.get("GPU", 0) > 0 and cfg.gpus_per_actor > 0
+        staged = staging_dir(out)
+        try:
+            res = encode_to_store(rows, staged, params, tok_path, processed, plane_shapes, meta, use_gpu=use_gpu)
+            commit_dir(staged, out)
+        except BaseException:
+            import shutil
+
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        stats = res["stats"]
+        summary = {
+            "clips": res["clips"], "videos": int(index.video_id.nunique()), "clip_policy": cfg.clip_policy,
+            "splits": list(cfg.splits), "num_actors": cfg.num_actors, "batch_size": cfg.batch_size,
+            "dtype": cfg.dtype, "seconds": res["seconds"], "clips_per_second": res["clips_per_second"],
+            "first_batch_seconds": res["first_batch_seconds"],
+            "plane_shapes": [list(s) for s in plane_shapes],
+            "bytes": int(sum(f.stat().st_size for f in out.iterdir())), "use_gpu": use_gpu,
+            **{f"mean_std_{p}": float(np.mean(stats.std(p))) for p in ("xy", "yt", "xt")},
+        }
+        atomic_write_json(root / METRICS_OUT, summary)
+        mlflow.log_metrics({k: float(v) for k, v in summary.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.log_artifact(str(out / "stats.json"))
+        mlflow.log_artifact(str(root / METRICS_OUT))
+        log.info("mlflow run %s", run.info.run_id)
+    print_summary("extract_latents", [("clips", summary["clips"]), ("videos", summary["videos"]),
+                                      ("clips/s", summary["clips_per_second"]), ("dtype", cfg.dtype),
+                                      ("store", LATENTS_DIR)])
+    return summary
+
+
+if __name__ == "__main__":
+    main_for("extract_latents", extract_latents)

@@ -1,0 +1,263 @@
+"""Stage `train_sit`: the SiT generator on the cached latents (no tokenizer in the loop), on Ray Train.
+
+Each step draws `train_sit.batch_size` latents from latents/ (a pure function of seed, step and
+rank, so a resumed run sees the same batches), normalises them with latents/stats.json and
+minimises the transport loss (linear path, velocity prediction); AdamW, warm-up + cosine schedule,
+EMA of the weights. Evaluation samples `eval_samples` latents with the EMA model (`eval_sampler`,
+`eval_steps`) and measures how far their statistics are from the data's, in data-std units:
+`stats_distance` per plane and channel (mean, std) and `position_distance` per plane, channel and
+position. An untrained SiT (adaLN-Zero: zero velocity, so its samples are the noise) is measured
+the same way for reference. Checkpoints, resume, MLflow and output files: pipelines/common/trainer.py.
+Outputs: models/sit/sit.pt (config, raw + EMA weights, latent stats, step), metrics/train_sit.json,
+plots/train_sit/{loss,eval}.csv.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from components.config import Params, resolve_path, validate_params
+from components.errors import UserError
+from pipelines.common import trainer
+from pipelines.common.cli import main_for, quiet_third_party
+from pipelines.common.report import print_summary
+from pipelines.common.tracking import resolve_tracking_uri, stage_run
+
+log = logging.getLogger("train_sit")
+
+LATENTS_DIR = "latents"
+MODEL_OUT = "models/sit/sit.pt"
+METRICS_OUT = "metrics/train_sit.json"
+PLOTS_DIR = "plots/train_sit"
+EVAL_COLS = ["stats_distance", "position_distance"]
+
+
+def build_sit(params: Params, store) -> Any:
+    """A fresh SiT (seeded) shaped like the store's latents."""
+    from components.generator.presets import sit_preset
+    from components.generator.sit import SiT
+
+    cfg = params.train_sit
+    (c, s, _), (_, t, _), _ = store.plane_shapes
+    num_classes = int(store.meta.get("num_classes", int(store.labels.max()) + 1)) if cfg.class_conditional else 0
+    torch.manual_seed(cfg.seed)
+    return SiT(sit_preset(cfg.preset), c, s, t, num_classes=num_classes,
+               class_dropout_prob=cfg.label_dropout if cfg.class_conditional else 0.0)
+
+
+def batch_rows(seed: int, step: int, rank: int, micro: int, n: int, size: int) -> np.ndarray:
+    """Store rows of one micro-batch: a pure function of (seed, step, rank, micro)."""
+    return np.random.default_rng([seed, step, rank, micro]).integers(0, n, size)
+
+
+def step_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, step, rank, micro, 1]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
+
+
+def data_position_moments(store, batch: int = 256) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per-position moments of the normalised data (the reference of `position_distance`)."""
+    from components.generator.latent_stats import normalize
+    from components.generator.store import position_moments
+
+    return position_moments(normalize(p, store.stats) for p in store.chunks(batch))
+
+
+@torch.no_grad()
+def sample_distances(sit, reference: dict[str, tuple[np.ndarray, np.ndarray]], n: int, sampler: str, steps: int,
+                     seed: int, device) -> dict[str, float]:
+    """Generate n normalised latents with `sit`; their distance to the normalised data's statistics.
+
+    stats_distance: RMS over (plane, channel) of (mean, std - 1) -- normalised data has mean 0, std 1
+    per channel. position_distance: RMS over (plane, channel, position) of the differences of
+    per-position mean and std to `reference`.
+    """
+    from components.generator.latent_stats import LatentStats
+    from components.generator.sampling import (
+        initial_noise,
+        sample_latents,
+        video_generators,
+    )
+    from components.generator.store import position_moments
+
+    was_training = sit.training
+    sit.eval()
+    gens = video_generators(seed, range(n))
+    noise = initial_noise(sit, gens, device)
+    labels = (torch.arange(n, device=device) % sit.num_classes) if sit.num_classes else None
+    out = sample_latents(sit, noise, sampler=sampler, steps=steps, labels=labels, generators=gens)
+    sit.train(was_training)
+    planes = (out.xy.float(), out.yt.float(), out.xt.float())
+    stats = LatentStats(planes[0].shape[1]).update(planes)
+    ch = [np.concatenate([stats.mean(p), stats.std(p) - 1.0]) for p in ("xy", "yt", "xt")]
+    pm = position_moments([planes])
+    pos = [np.concatenate([(pm[p][0] - reference[p][0]).ravel(), (pm[p][1] - reference[p][1]).ravel()])
+           for p in ("xy", "yt", "xt")]
+    return {"stats_distance": float(np.sqrt(np.mean(np.concatenate(ch) ** 2))),
+            "position_distance": float(np.sqrt(np.mean(np.concatenate(pos) ** 2)))}
+
+
+# ------------------------------------------------------------------------------ worker side
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Runs in every Ray Train worker; rank 0 also evaluates, checkpoints and logs to MLflow."""
+    import ray.train.torch
+
+    from components.generator.latent_stats import normalize
+    from components.generator.sit import ema_update
+    from components.generator.store import LatentStore
+    from components.generator.transport import Transport
+    from components.tokenizer.training import lr_factor
+
+    params = validate_params(config["params"])
+    cfg = params.train_sit
+    worker = trainer.TrainWorker(config, cfg)
+    device = worker.device
+    store = LatentStore(config["latents_dir"])
+    stats = store.stats
+    labels_all = torch.from_numpy(store.labels)
+
+    model = build_sit(params, store).to(device)
+    eval_seed = cfg.seed + 1_000_003  # evaluation noise apart from training noise
+    reference = untrained = None
+    if worker.is_main:
+        reference = data_position_moments(store)
+        # The untrained model, before any restore: its weights depend only on the seed.
+        untrained = sample_distances(model, reference, cfg.eval_samples, cfg.eval_sampler, cfg.eval_steps,
+                                     eval_seed, device)
+    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+
+    def load(state: dict[str, Any]) -> None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+
+    start = worker.restore(load)
+    ddp = ray.train.torch.prepare_model(model)
+    transport = Transport(cfg.path)
+    per_worker = cfg.batch_size // (worker.world * cfg.grad_accum)
+
+    ddp.train()
+    for step in range(start, cfg.steps):
+        loss_sum = 0.0
+        for micro in range(cfg.grad_accum):
+            rows = batch_rows(cfg.seed, step, worker.rank, micro, len(store), per_worker)
+            x1 = normalize(store.planes(rows, device), stats)
+            gen = step_generator(cfg.seed, step, worker.rank, micro)
+            # Drawn on the CPU from the step's generator: identical batches on any device and after resume.
+            t = transport.sample_t(per_worker, generator=gen).to(device)
+            noise = tuple(torch.randn(x.shape, generator=gen).to(device) for x in x1)
+            kwargs: dict[str, Any] = {}
+            if model.num_classes:
+                kwargs["y"] = labels_all[rows].to(device)
+                kwargs["force_drop_ids"] = (torch.rand(per_worker, generator=gen) < cfg.label_dropout).to(device)
+            with worker.autocast():
+                loss = transport.training_losses(ddp, x1, t=t, noise=noise, model_kwargs=kwargs)["loss"].mean()
+            (loss / cfg.grad_accum).backward()
+            loss_sum += loss.item() / cfg.grad_accum
+            worker.count(per_worker)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        ema_update(ema, model, cfg.ema_decay)
+        done = step + 1
+        row: dict[str, float] = {"loss": loss_sum, "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0]}
+        if worker.is_main and worker.is_eval_step(done):
+            row.update(sample_distances(ema, reference, cfg.eval_samples, cfg.eval_sampler, cfg.eval_steps,
+                                        eval_seed, device))
+        worker.end_step(done, row, lambda: {"model": model.state_dict(), "ema": ema.state_dict(),
+                                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                                            "config": model.config, "untrained": untrained})
+    worker.finish()
+
+
+# ------------------------------------------------------------------------------ driver side
+
+
+def latents_digest(folder: Path) -> str:
+    """What identifies the training data: the store's index, stats and meta (stats change with any value)."""
+    h = hashlib.sha256()
+    for name in ("index.parquet", "stats.json", "meta.json"):
+        h.update(trainer.file_digest(folder / name).encode())
+    return h.hexdigest()[:16]
+
+
+def train_sit(params: Params, root: Path) -> dict[str, Any]:
+    """Train the SiT on latents/; returns the metrics written to metrics/train_sit.json."""
+    quiet_third_party()
+    import pandas as pd
+
+    from components.generator.checkpoint import payload_from_states
+    from components.generator.presets import sit_preset
+    from components.generator.store import LatentStore
+
+    cfg = params.train_sit
+    sit_preset(cfg.preset)  # an unknown name is one clear error before Ray starts
+    latents = resolve_path(root, LATENTS_DIR)
+    store = LatentStore(latents)
+    if store.meta.get("num_frames") not in (None, params.data.num_frames):
+        raise UserError(f"latents/ holds {store.meta['num_frames']}-frame clips but data.num_frames is "
+                        f"{params.data.num_frames}; rerun extract_latents")
+    build_sit(params, store)  # plane shapes vs the preset's patch size: fail here, not in a worker
+    storage = resolve_path(root, cfg.storage_path).resolve()
+    name = trainer.run_name("train_sit", params, ("train_sit",), {"latents": latents_digest(latents)})
+    suffix = f"{cfg.preset} steps={cfg.steps} batch={cfg.batch_size} lr={cfg.lr:g}"
+    with stage_run(params, root, "train_sit", suffix, extra_tags={"ray.run_name": name}, system_metrics=True) as run:
+        import mlflow
+
+        started = time.perf_counter()
+        state = trainer.fit(params, cfg, train_loop_per_worker,
+                            {"params": params.model_dump(mode="json"), "latents_dir": str(latents),
+                             "mlflow_run_id": run.info.run_id, "tracking_uri": resolve_tracking_uri(params, root)},
+                            name, storage)
+        wall = time.perf_counter() - started
+        history = pd.DataFrame(state["history"])
+        k = max(1, min(20, len(history) // 5))  # per-step losses are noisy (random t): compare window means
+        last_eval = history.dropna(subset=["stats_distance"]).iloc[-1]
+        untrained = state["untrained"]
+        summary = {
+            "step": int(state["step"]), "latents": len(store), "preset": cfg.preset,
+            "train_loss_first": float(history["loss"].iloc[:k].mean()),
+            "train_loss": float(history["loss"].iloc[-k:].mean()), "loss_window_steps": k,
+            "stats_distance_trained": float(last_eval["stats_distance"]),
+            "stats_distance_untrained": float(untrained["stats_distance"]),
+            "position_distance_trained": float(last_eval["position_distance"]),
+            "position_distance_untrained": float(untrained["position_distance"]),
+            "eval_samples": cfg.eval_samples, "eval_sampler": cfg.eval_sampler, "eval_steps": cfg.eval_steps,
+            "wall_seconds": wall,
+        }
+        trainer.save_model_file(root / MODEL_OUT, payload_from_states(
+            state["config"], state["model"], state["ema"], store.stats, state["step"],
+            ema_decay=cfg.ema_decay, latents_digest=latents_digest(latents)))
+        trainer.write_curves(root / PLOTS_DIR, state["history"], ["loss", "grad_norm", "lr"], EVAL_COLS)
+        trainer.write_metrics(root / METRICS_OUT, summary)
+        mlflow.log_metrics({"final_" + k: float(v) for k, v in summary.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.log_artifact(str(root / METRICS_OUT))
+    print_summary("train_sit", [
+        ("preset", cfg.preset), ("steps", summary["step"]), ("latents", len(store)),
+        (f"train loss (mean of {k} steps) first -> last", f"{summary['train_loss_first']:.4f} -> {summary['train_loss']:.4f}"),
+        ("per-channel stats distance trained / untrained",
+         f"{summary['stats_distance_trained']:.4f} / {summary['stats_distance_untrained']:.4f}"),
+        ("per-position stats distance trained / untrained",
+         f"{summary['position_distance_trained']:.4f} / {summary['position_distance_untrained']:.4f}"),
+        ("wall seconds", wall), ("model", MODEL_OUT)])
+    return summary
+
+
+if __name__ == "__main__":
+    main_for("train_sit", train_sit)
