@@ -186,6 +186,8 @@ class MlflowParams(_Section):
                               description="Relative sqlite paths are resolved against the repo; "
                                           "MLFLOW_TRACKING_URI wins when set.")
     experiment: str = Field("coordtok", min_length=1, description="Experiment holding every stage's runs.")
+    register_models: bool = Field(True, description="Register the fine-tuned tokenizer and the SiT in the MLflow model "
+                                                    "registry (coordtok-tokenizer, coordtok-sit).")
 
 
 class WeightsParams(_Section):

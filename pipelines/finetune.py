@@ -140,6 +140,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 # ------------------------------------------------------------------------------ driver side
 
 
+def _register(params: Params, root: Path, run_id: str, config: dict[str, Any]) -> None:
+    """Register the fine-tuned tokenizer as `coordtok-tokenizer` with an input example (when small)."""
+    import numpy as np
+
+    from pipelines.common.tracking import TOKENIZER_MODEL, register_model
+
+    t, s = params.data.num_frames, params.data.img_size
+    example = None
+    if t * s * s * 3 <= 1 << 20:  # the JSON example of a paper-size video would be ~60 MB
+        rng = np.random.default_rng(0)
+        example = {"video": rng.uniform(-1, 1, (1, t, s, s, 3)).astype(np.float32),
+                   "coords": rng.uniform(0, 1, (1, 4, 3)).astype(np.float32)}
+    register_model(run_id, root / MODEL_OUT, TOKENIZER_MODEL, "components.tokenizer.released:tokenizer_from_config",
+                   config=config, input_example=example, tags={"checkpoint": MODEL_OUT})
+
+
 def finetune(params: Params, root: Path) -> dict[str, Any]:
     """Fine-tune the tokenizer with frame sampling + LPIPS; returns the metrics written to metrics/finetune.json."""
     quiet_third_party()
@@ -204,6 +220,8 @@ def finetune(params: Params, root: Path) -> dict[str, Any]:
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
         mlflow.log_metric("wall_seconds", wall)
         mlflow.log_artifact(str(root / METRICS_OUT))
+        if params.mlflow.register_models:
+            _register(params, root, run.info.run_id, state["config"])
     print_summary("finetune", [("preset", tok.preset), ("steps", summary["step"]),
                                ("train loss first -> last", f"{summary['train_loss_first']:.4f} -> {summary['train_loss']:.4f}"),
                                ("test PSNR (dB)", summary["test_psnr"]), ("test SSIM", summary["test_ssim"]),

@@ -196,6 +196,26 @@ def latents_digest(folder: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def _register(run_id: str, config: dict[str, Any], ema: dict[str, Any]) -> None:
+    """Register the EMA SiT as `coordtok-sit` (served as forward(xy, yt, xt, t) -> flat velocity)."""
+    import tempfile
+
+    import numpy as np
+
+    from components.generator.sit import SiT
+    from pipelines.common.tracking import SIT_MODEL, register_model
+
+    shapes = SiT.from_config(config).plane_shapes
+    rng = np.random.default_rng(0)
+    example = {name: rng.standard_normal((1, *shape)).astype(np.float32) for name, shape in zip(("xy", "yt", "xt"), shapes)}
+    example["t"] = np.array([0.5], np.float32)
+    with tempfile.TemporaryDirectory() as tmp:
+        served = Path(tmp) / "sit_ema.pt"
+        trainer.save_model_file(served, {"config": config, "model": ema})
+        register_model(run_id, served, SIT_MODEL, "components.generator.checkpoint:served_sit_from_config",
+                       config=config, input_example=example, tags={"checkpoint": MODEL_OUT, "weights": "ema"})
+
+
 def train_sit(params: Params, root: Path) -> dict[str, Any]:
     """Train the SiT on latents/; returns the metrics written to metrics/train_sit.json."""
     quiet_third_party()
@@ -238,7 +258,6 @@ def train_sit(params: Params, root: Path) -> dict[str, Any]:
             "position_distance_trained": float(last_eval["position_distance"]),
             "position_distance_untrained": float(untrained["position_distance"]),
             "eval_samples": cfg.eval_samples, "eval_sampler": cfg.eval_sampler, "eval_steps": cfg.eval_steps,
-            "wall_seconds": wall,
         }
         trainer.save_model_file(root / MODEL_OUT, payload_from_states(
             state["config"], state["model"], state["ema"], store.stats, state["step"],
@@ -247,7 +266,10 @@ def train_sit(params: Params, root: Path) -> dict[str, Any]:
         trainer.write_metrics(root / METRICS_OUT, summary)
         mlflow.log_metrics({"final_" + k: float(v) for k, v in summary.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)})
+        mlflow.log_metric("wall_seconds", wall)
         mlflow.log_artifact(str(root / METRICS_OUT))
+        if params.mlflow.register_models:
+            _register(run.info.run_id, state["config"], state["ema"])
     print_summary("train_sit", [
         ("preset", cfg.preset), ("steps", summary["step"]), ("latents", len(store)),
         (f"train loss (mean of {k} steps) first -> last", f"{summary['train_loss_first']:.4f} -> {summary['train_loss']:.4f}"),

@@ -170,6 +170,14 @@ def test_finetune_stage_runs_on_standins_and_resumes_to_the_same_weights(tmp_pat
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
     run = mlflow.search_runs(experiment_names=["coordtok"]).iloc[0]
     assert run["tags.stage"] == "finetune" and run["tags.weights.standin"] == "true"
+    # Registered as coordtok-tokenizer: the loaded model decodes exactly like the checkpoint's.
+    from components.tokenizer.released import load_tokenizer
+    from pipelines.common import tracking
+    served = tracking.load_registered(tracking.TOKENIZER_MODEL, tracking_uri=f"sqlite:///{root / 'mlruns.db'}")
+    model = load_tokenizer(root / "models/tokenizer/finetune.pt").eval()
+    video, coords = torch.rand(1, 8, 32, 32, 3) * 2 - 1, torch.rand(1, 5, 3)
+    with torch.no_grad():
+        torch.testing.assert_close(served(video, coords), model(video, coords))
 
     # Resume: drop the final checkpoint (as if killed after step 2) and the outputs, rerun.
     run_dir = next((root / "ray_results").glob("finetune-*"))

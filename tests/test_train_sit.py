@@ -115,6 +115,19 @@ def test_train_sit_learns_writes_outputs_and_resumes_to_the_same_weights(tmp_pat
     assert list(pd.read_csv(root / "plots/train_sit/eval.csv")["step"]) == [30, 60]
     assert yaml.safe_load((root / "metrics/train_sit.json").read_text()) == summary
 
+    # Registered as coordtok-sit (EMA weights), with lineage tags; loading it back gives the same velocity.
+    from pipelines.common import tracking
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    served = tracking.load_registered(tracking.SIT_MODEL, tracking_uri=uri)
+    planes = tuple(torch.randn(1, *shape) for shape in sit.plane_shapes)
+    t = torch.tensor([0.3])
+    with torch.no_grad():
+        expected = torch.cat([p.flatten(1) for p in sit.eval()(planes, t)], dim=1)
+        torch.testing.assert_close(served(*planes, t), expected)
+    import mlflow
+    version = mlflow.MlflowClient(uri).search_model_versions(f"name='{tracking.SIT_MODEL}'")[0]
+    assert version.tags["stage"] == "train_sit" and version.tags["weights"] == "ema" and "git.commit" in version.tags
+
     # Resume: drop the final checkpoint (as if killed after step 30) and the model file, rerun.
     run_dir = next((root / "ray_results").glob("train_sit-*"))
     ckpts = sorted((c for c in run_dir.glob("checkpoint_*") if c.is_dir()), key=checkpoint_step)

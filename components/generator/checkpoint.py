@@ -85,3 +85,17 @@ def load_sit(path: str | os.PathLike, use_ema: bool = True, map_location: str | 
     model.to(map_location).eval()
     stats = LatentStats.from_dict(ckpt["latent_stats"]) if ckpt.get("latent_stats") is not None else None
     return model, stats
+
+
+class ServedSiT(SiT):
+    """The SiT with a flat signature for serving (MLflow model registry): forward(xy, yt, xt, t)
+    -> the velocity of the three planes, flattened and concatenated per sample."""
+
+    def forward(self, xy: torch.Tensor, yt: torch.Tensor, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = super().forward((xy, yt, xt), t.reshape(-1).float())
+        return torch.cat([p.flatten(1) for p in out], dim=1)
+
+
+def served_sit_from_config(config: dict) -> ServedSiT:
+    """Builder of the registered `coordtok-sit` model (see pipelines.common.tracking.register_model)."""
+    return ServedSiT.from_config(config)
