@@ -485,5 +485,6 @@ def params_reference() -> str:
         for name, field in model.model_fields.items():
             ann = str(field.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "")
             default = json.dumps(field.default)
+            ann = ann.replace("|", "\\|")  # a union type must not split the markdown cell
             rows.append(f"| `{section_name}.{name}` | {ann} | `{default}` | {field.description or ''} |")
     return "\n".join(rows)

@@ -23,11 +23,9 @@ def resolve_sweep_storage(params: Params, root: Path) -> str | None:
     storage = getattr(sweep, "storage", None)
     if not params.dashboard.include_sweep or not storage:
         return None
-    if storage.startswith("sqlite:///") and not storage.startswith("sqlite:////"):
-        return "sqlite:///" + str((root / storage[len("sqlite:///"):]).resolve())
-    if "://" not in storage:  # a journal file path
-        return str(resolve_path(root, storage).resolve())
-    return storage
+    from components.sweep import resolve_storage
+
+    return resolve_storage(storage, root)
 
 
 def dashboard(params: Params, root: Path) -> dict[str, Any]:

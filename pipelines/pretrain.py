@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 
 from components.config import Params, resolve_path, validate_params
 from components.errors import UserError
@@ -45,69 +44,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train.torch
 
     from components.data.preview import write_previews
-    from components.tokenizer.model import CoordTok
-    from components.tokenizer.training import ClipSampler, eval_clips, evaluate_reconstruction, lr_factor, to_unit
+    from components.tokenizer.training import PretrainRunner
 
     params = validate_params(config["params"])
-    data, tok, cfg = params.data, params.tokenizer, params.pretrain
+    cfg = params.pretrain
     worker = trainer.TrainWorker(config, cfg)
-    device = worker.device
-
-    torch.manual_seed(cfg.seed)
-    core = CoordTok(tok.arch, data.img_size, data.num_frames)
-    opt = torch.optim.AdamW(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
-
-    def load(state: dict[str, Any]) -> None:
-        core.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-
-    start = worker.restore(load)
-    model = ray.train.torch.prepare_model(core)
-
     processed = Path(config["processed_dir"])
-    index = pd.read_parquet(processed / INDEX_FILE)
-    arch = tok.arch
-    n_total = (data.num_frames // arch.dec_patch_size_t) * (data.img_size // arch.dec_patch_size_xy) ** 2
-    n_sample = max(1, round(cfg.sampling_ratio * n_total))
-    sampler = ClipSampler(processed, index[index.split == "train"], data.num_frames, arch.dec_patch_size_t,
-                          arch.dec_patch_size_xy, n_sample, cfg.seed)
-    per_worker = cfg.batch_size // (worker.world * cfg.grad_accum)
-    eval_ids, eval_x, eval_n = eval_clips(processed, index[index.split == "test"], data.num_frames, cfg.eval_videos)
+    runner = PretrainRunner(params, processed, pd.read_parquet(processed / INDEX_FILE), worker.device,
+                            worker.amp, worker.rank, worker.world)
+    start = worker.restore(runner.load_state_dict)
+    runner.model = ray.train.torch.prepare_model(runner.core)
 
-    model.train()
+    runner.model.train()
     for step in range(start, cfg.steps):
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            b = sampler.batch(per_worker, step, micro, worker.rank)
-            video = to_unit(torch.from_numpy(b["video"]).to(device))
-            coords = torch.from_numpy(b["coords"]).to(device)
-            target = to_unit(torch.from_numpy(b["targets"]).to(device))
-            n_frames = torch.from_numpy(b["n_frames"]).to(device)
-            with worker.autocast():
-                pred = model(video, coords, n_frames)
-            loss = torch.nn.functional.mse_loss(pred.float(), target)
-            (loss / cfg.grad_accum).backward()
-            loss_sum += loss.item() / cfg.grad_accum
-            worker.count(len(video))
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        loss, seen = runner.train_step(step)
+        worker.count(seen)
         done = step + 1
-        row: dict[str, float] = {"loss": loss_sum, "lr": sched.get_last_lr()[0]}
+        row: dict[str, float] = {"loss": loss, "lr": runner.lr}
         if worker.is_main and worker.is_eval_step(done):
-            res = evaluate_reconstruction(core, eval_x, eval_n, tok.decode_group_frames, device, worker.amp)
+            res = runner.evaluate()
             row.update(test_psnr=res.psnr, test_ssim=res.ssim, baseline_psnr=res.baseline_psnr)
             with tempfile.TemporaryDirectory() as tmp:
-                n = int(eval_n[0])
-                paths = write_previews(tmp, f"{eval_ids[0]}_step{done:06d}", eval_x[0][:n], res.recon[0][:n])
+                n = int(runner.eval_n[0])
+                paths = write_previews(tmp, f"{runner.eval_ids[0]}_step{done:06d}", runner.eval_x[0][:n],
+                                       res.recon[0][:n])
                 worker.log_artifacts(paths, f"previews/step_{done:06d}")
-        worker.end_step(done, row, lambda: {"model": core.state_dict(), "optimizer": opt.state_dict(),
-                                            "scheduler": sched.state_dict(), "config": core.config})
+        worker.end_step(done, row, runner.state_dict)
     worker.finish()
     return None
 

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import subprocess
-import tempfile
 import time
 import urllib.error
 import urllib.request
