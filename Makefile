@@ -60,6 +60,9 @@ bench: setup  ## print benchmark figures (needs ffmpeg for the preprocessing com
 	$(PY) benchmarks/preprocess_throughput.py
 	$(PY) benchmarks/sample_throughput.py
 	$(PY) benchmarks/finetune_cost.py
+	$(PY) benchmarks/sit_cached_vs_reencode.py
+	$(PY) benchmarks/extract_throughput.py
+	$(PY) benchmarks/evaluate_throughput.py
 
 clean:  ## remove pipeline outputs and local tracking stores (not the venv)
-	rm -rf data models metrics plots reports latents mlruns.db mlartifacts ray_results
+	rm -rf data models metrics plots reports latents optuna mlruns.db mlartifacts ray_results
