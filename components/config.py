@@ -157,6 +157,9 @@ class TrainSitParams(TrainingParams):
     """SiT generator training on the cached latents (no tokenizer in the loop)."""
 
     preset: str = Field("SiT-tiny/2", description="SiT-tiny/2 | SiT-S/2 | SiT-B/2 | SiT-L/2 (paper) | SiT-XL/2.")
+    init_from: str | None = Field(None, description="Start from this SiT checkpoint (raw + EMA weights; e.g. a converted "
+                                                    "release, python -m pipelines.import_checkpoint sit); its architecture "
+                                                    "replaces the preset's; null = from scratch.")
     path: Literal["linear", "gvp"] = Field("linear", description="Interpolant of the transport (paper: linear, velocity prediction).")
     ema_decay: float = Field(0.99, ge=0, lt=1, description="EMA decay per step (SiT: 0.9999 over long runs).")
     class_conditional: bool = Field(False, description="Condition on the UCF-101 class (paper: unconditional).")

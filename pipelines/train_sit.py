@@ -126,7 +126,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     stats = store.stats
     labels_all = torch.from_numpy(store.labels)
 
-    model = build_sit(params, store).to(device)
+    init = config.get("init_from")
+    if init:  # a given checkpoint's architecture (e.g. a converted release: learn_sigma, folded labels)
+        from components.generator.checkpoint import read_sit_payload
+        from components.generator.sit import SiT
+
+        init_payload = read_sit_payload(init)
+        torch.manual_seed(cfg.seed)
+        model = SiT.from_config(init_payload["config"]).to(device)
+    else:
+        model = build_sit(params, store).to(device)
     eval_seed = cfg.seed + 1_000_003  # evaluation noise apart from training noise
     reference = untrained = None
     if worker.is_main:
@@ -134,7 +143,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # The untrained model, before any restore: its weights depend only on the seed.
         untrained = sample_distances(model, reference, cfg.eval_samples, cfg.eval_sampler, cfg.eval_steps,
                                      eval_seed, device)
+    if init:
+        model.load_state_dict(init_payload.get("model") or init_payload["ema"])
     ema = copy.deepcopy(model).requires_grad_(False).eval()
+    if init and init_payload.get("ema") is not None:
+        ema.load_state_dict(init_payload["ema"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
@@ -232,9 +245,22 @@ def train_sit(params: Params, root: Path) -> dict[str, Any]:
     if store.meta.get("num_frames") not in (None, params.data.num_frames):
         raise UserError(f"latents/ holds {store.meta['num_frames']}-frame clips but data.num_frames is "
                         f"{params.data.num_frames}; rerun extract_latents")
-    build_sit(params, store)  # plane shapes vs the preset's patch size: fail here, not in a worker
+    built = build_sit(params, store)  # plane shapes vs the preset's patch size: fail here, not in a worker
+    init = None
+    if cfg.init_from:
+        from components.generator.checkpoint import read_sit_payload
+
+        init = resolve_path(root, cfg.init_from)
+        got = read_sit_payload(init)["config"]
+        keys = ("in_channels", "resolution_xy", "resolution_t")
+        if any(int(got[k]) != int(built.config[k]) for k in keys):
+            raise UserError(f"train_sit.init_from = {cfg.init_from!r} has planes "
+                            f"{tuple(got[k] for k in keys)} but latents/ holds {tuple(built.config[k] for k in keys)} "
+                            "(channels, H', T'); extract latents with the matching tokenizer or change init_from")
     storage = resolve_path(root, cfg.storage_path).resolve()
-    name = trainer.run_name("train_sit", params, ("train_sit",), {"latents": latents_digest(latents)})
+    name = trainer.run_name("train_sit", params, ("train_sit",),
+                            {"latents": latents_digest(latents),
+                             "init_sha256": trainer.file_digest(init) if init else None})
     suffix = f"{cfg.preset} steps={cfg.steps} batch={cfg.batch_size} lr={cfg.lr:g}"
     with stage_run(params, root, "train_sit", suffix, extra_tags={"ray.run_name": name}, system_metrics=True) as run:
         import mlflow
@@ -242,6 +268,7 @@ def train_sit(params: Params, root: Path) -> dict[str, Any]:
         started = time.perf_counter()
         state = trainer.fit(params, cfg, train_loop_per_worker,
                             {"params": params.model_dump(mode="json"), "latents_dir": str(latents),
+                             "init_from": str(init) if init else None,
                              "mlflow_run_id": run.info.run_id, "tracking_uri": resolve_tracking_uri(params, root)},
                             name, storage)
         wall = time.perf_counter() - started

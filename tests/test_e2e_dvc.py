@@ -186,7 +186,8 @@ def test_full_pipeline_reproduces_shares_and_runs_experiments(repo_copy: Path, t
     assert "seed1" in text and "seed2" in text
     assert (repo_copy / "metrics/evaluate.json").read_text() == before
     import mlflow
-    runs = mlflow.search_runs(experiment_names=["coordtok"], tracking_uri=f"sqlite:///{repo_copy / 'mlruns.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{repo_copy / 'mlruns.db'}")
+    runs = mlflow.search_runs(experiment_names=["coordtok"])
     evals = runs[runs["tags.stage"] == "evaluate"]
     assert {"seed1", "seed2"} <= set(evals["tags.dvc.exp_name"])
 

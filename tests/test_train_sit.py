@@ -13,6 +13,7 @@ import yaml
 from conftest import shrink
 
 from components.config import load_params
+from components.errors import UserError
 from components.generator.latent_stats import LatentStats
 from components.generator.presets import sit_preset
 from components.generator.sit import SiT, ema_update
@@ -142,6 +143,18 @@ def test_train_sit_learns_writes_outputs_and_resumes_to_the_same_weights(tmp_pat
         for k, v in saved[key].items():
             assert torch.equal(v, resumed[key][k]), (key, k)
     assert again["stats_distance_untrained"] == summary["stats_distance_untrained"]
+
+    # Start from a checkpoint (as from a converted release): training continues from its weights.
+    shutil.copy(root / "models/sit/sit.pt", root / "start.pt")
+    raw = yaml.safe_load(pfile.read_text())
+    raw["train_sit"].update(init_from="start.pt", steps=10, warmup_steps=0, eval_every=10, checkpoint_every=10)
+    pfile.write_text(yaml.safe_dump(raw))
+    cont = train_sit(load_params(pfile), root)
+    assert cont["train_loss_first"] < 0.8 * summary["train_loss_first"]
+    raw["train_sit"]["init_from"] = "missing.pt"
+    pfile.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError, match="does not exist"):
+        train_sit(load_params(pfile), root)
 
 
 def test_train_sit_refuses_missing_latents(tmp_path):
