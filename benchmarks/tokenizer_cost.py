@@ -338,7 +338,7 @@ def main() -> int:
     print()
     mem_what = "peak GPU MB (alloc)" if device.type == "cuda" else "peak RSS +MB"
     print(table(["T", "patches/video", "sampled coords", "sampled ms/step", f"sampled {mem_what}",
-                 f"full ms/step", f"full {mem_what}", "full/sampled time", "full/sampled mem"], rows,
+                 "full ms/step", f"full {mem_what}", "full/sampled time", "full/sampled mem"], rows,
                 title=f"== training-step cost vs length: {args.coords} sampled coords vs all patches "
                       f"(full context: {args.full_context}), {args.precision}, batch {args.batch}, "
                       f"{args.img_size}x{args.img_size} =="))
