@@ -32,6 +32,28 @@ def shrink(raw: dict, tmp: Path) -> dict:
     return raw
 
 
+def build_processed(root: Path, **data) -> Path:
+    """synthesize + preprocess the shrunk default into `root` (with `data.*` overrides); returns root."""
+    from components.config import load_params
+    from pipelines.preprocess import preprocess
+    from pipelines.synthesize import synthesize
+
+    raw = shrink(yaml.safe_load((REPO / "params.yaml").read_text()), root)
+    raw["data"].update(data)
+    (root / "params.yaml").write_text(yaml.safe_dump(raw))
+    params = load_params(root / "params.yaml")
+    synthesize(params, root)
+    preprocess(params, root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def processed(tmp_path_factory, ray_local) -> Path:
+    """The shrunk default synthesized and preprocessed once per session; tests build their own stage
+    roots beside it (symlinking its data/) and never write into it."""
+    return build_processed(tmp_path_factory.mktemp("processed"))
+
+
 @pytest.fixture
 def raw_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())

@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import shrink
 from PIL import Image
 
 from components.config import load_params
@@ -139,17 +138,10 @@ def test_fvd_through_a_detector_is_zero_for_a_set_and_grows_with_a_shift(tmp_pat
 
 @pytest.fixture(scope="module")
 def processed(tmp_path_factory, ray_local) -> Path:
-    from pipelines.preprocess import preprocess
-    from pipelines.synthesize import synthesize
+    """16 frames: the FVD detector needs clips of at least 9."""
+    from conftest import build_processed
 
-    root = tmp_path_factory.mktemp("ev")
-    raw = shrink(yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text()), root)
-    raw["data"]["num_frames"] = 16
-    (root / "params.yaml").write_text(yaml.safe_dump(raw))
-    params = load_params(root / "params.yaml")
-    synthesize(params, root)
-    preprocess(params, root)
-    return root
+    return build_processed(tmp_path_factory.mktemp("ev"), num_frames=16)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,6 @@ from components.config import load_params
 from components.tokenizer.finetuning import FrameSampler, frame_loss, group_frames, valid_frame_mask
 from components.tokenizer.model import CoordTok, decode_time_groups, reconstruct
 from components.tokenizer.presets import TOKENIZER_PRESETS
-from conftest import shrink
 
 
 def _tiny_model(img=16, frames=8, seed=0) -> CoordTok:
@@ -82,20 +81,6 @@ def test_frame_sampling_loss_equals_the_loss_on_fully_decoded_frames():
     valid_pad = valid_frame_mask(torch.tensor([[2, 6]]), torch.tensor([6]), 1, 1)
     _, l2_pad, _ = frame_loss(pred.detach(), target, valid_pad, None, 0.0)
     torch.testing.assert_close(l2_pad, torch.mean((pred.detach()[0, 0] - target[0, 0]) ** 2))
-
-
-@pytest.fixture(scope="module")
-def processed(tmp_path_factory, ray_local) -> Path:
-    from pipelines.preprocess import preprocess
-    from pipelines.synthesize import synthesize
-
-    root = tmp_path_factory.mktemp("ft")
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(shrink(raw, root)))
-    params = load_params(root / "params.yaml")
-    synthesize(params, root)
-    preprocess(params, root)
-    return root
 
 
 def test_frame_sampler_is_pure_aligned_and_never_samples_padding(processed):

@@ -19,7 +19,6 @@ from components.config import load_params
 from components.tokenizer.training import (
     ClipSampler, DamagedCheckpoint, checkpoint_step, eval_clips, load_state, lr_factor, save_state,
 )
-from conftest import shrink
 
 
 def test_lr_schedule_closed_form():
@@ -67,21 +66,6 @@ def test_resume_picks_the_newest_intact_checkpoint(tmp_path, capsys):
     for step in (4, 8):
         (tmp_path / f"checkpoint_{step:03d}" / "manifest.json").unlink()
     assert _latest_intact_state(tmp_path, None) is None
-
-
-@pytest.fixture(scope="module")
-def processed(tmp_path_factory, ray_local) -> Path:
-    """synthesize + preprocess at test size, shared by this module's tests."""
-    from pipelines.preprocess import preprocess
-    from pipelines.synthesize import synthesize
-
-    root = tmp_path_factory.mktemp("stage")
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
-    (root / "params.yaml").write_text(yaml.safe_dump(shrink(raw, root)))
-    params = load_params(root / "params.yaml")
-    synthesize(params, root)
-    preprocess(params, root)
-    return root
 
 
 def test_sampler_is_a_pure_function_of_step_and_never_samples_padding(processed):

@@ -198,20 +198,6 @@ def test_killed_trials_are_failed_and_reenqueued_and_budget_counts_only_real_tri
 # ------------------------------------------------------------------------------ real sweeps
 
 
-@pytest.fixture(scope="module")
-def processed(tmp_path_factory, ray_local) -> Path:
-    """synthesize + preprocess at test size, shared by this module's sweeps."""
-    from pipelines.preprocess import preprocess
-    from pipelines.synthesize import synthesize
-
-    root = tmp_path_factory.mktemp("sweepdata")
-    (root / "params.yaml").write_text(yaml.safe_dump(shrink(yaml.safe_load((REPO / "params.yaml").read_text()), root)))
-    params = load_params(root / "params.yaml")
-    synthesize(params, root)
-    preprocess(params, root)
-    return root
-
-
 def _sweep_root(root: Path, processed: Path, **sweep) -> Path:
     """A stage root using the shared processed data, its own stores, and a tiny search space."""
     raw = yaml.safe_load((processed / "params.yaml").read_text())
