@@ -66,7 +66,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from components.tokenizer.finetuning import (
         FrameSampler, FrameSamplingModel, frame_loss_backward, group_frames, valid_frame_mask,
     )
-    from components.tokenizer.training import eval_clips, evaluate_reconstruction, lr_factor, to_unit
+    from components.tokenizer.training import adamw_with_schedule, eval_clips, evaluate_reconstruction, to_unit
 
     params = validate_params(config["params"])
     data, tok, cfg = params.data, params.tokenizer, params.finetune
@@ -79,9 +79,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     loss_lpips = LPIPS(cfg.lpips_backbone, weights_dir, allow_download=False, chunk=cfg.lpips_chunk).to(device)
     eval_lpips = LPIPS(cfg.eval_lpips_backbone, weights_dir, allow_download=False, chunk=cfg.lpips_chunk).to(device)
     torch.manual_seed(cfg.seed)
-    opt = torch.optim.AdamW(core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    opt, sched = adamw_with_schedule(core.parameters(), cfg)
 
     def load(state: dict[str, Any]) -> None:
         core.load_state_dict(state["model"])

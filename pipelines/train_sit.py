@@ -116,7 +116,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from components.generator.sit import ema_update
     from components.generator.store import LatentStore
     from components.generator.transport import Transport
-    from components.tokenizer.training import lr_factor
+    from components.tokenizer.training import adamw_with_schedule
 
     params = validate_params(config["params"])
     cfg = params.train_sit
@@ -148,9 +148,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ema = copy.deepcopy(model).requires_grad_(False).eval()
     if init and init_payload.get("ema") is not None:
         ema.load_state_dict(init_payload["ema"])
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    opt, sched = adamw_with_schedule(model.parameters(), cfg, betas=(0.9, 0.999))  # SiT's AdamW defaults
 
     def load(state: dict[str, Any]) -> None:
         model.load_state_dict(state["model"])

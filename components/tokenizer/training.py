@@ -88,6 +88,15 @@ def lr_factor(step: int, total: int, warmup: int, min_ratio: float) -> float:
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def adamw_with_schedule(parameters, cfg: Any, betas: tuple[float, float] = (0.9, 0.95)):
+    """AdamW at `cfg.lr` / `cfg.weight_decay` with the warm-up + cosine schedule of `lr_factor`
+    (`cfg` is a training params section); returns (optimizer, scheduler)."""
+    opt = torch.optim.AdamW(parameters, lr=cfg.lr, weight_decay=cfg.weight_decay, betas=betas)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+    return opt, sched
+
+
 # ------------------------------------------------------------------------------------ evaluation
 
 
@@ -202,10 +211,7 @@ class PretrainRunner:
         torch.manual_seed(cfg.seed)
         self.core = CoordTok(tok.arch, data.img_size, data.num_frames)
         self.model: torch.nn.Module = self.core  # what the step runs (a DDP wrapper in the stage)
-        self.opt = torch.optim.AdamW(self.core.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                     betas=(0.9, 0.95))
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps, cfg.min_lr_ratio))
+        self.opt, self.sched = adamw_with_schedule(self.core.parameters(), cfg)
         arch = tok.arch
         n_total = (data.num_frames // arch.dec_patch_size_t) * (data.img_size // arch.dec_patch_size_xy) ** 2
         self.n_sample = max(1, round(cfg.sampling_ratio * n_total))
