@@ -33,7 +33,8 @@ weights: setup  ## fetch and verify the pretrained assets (or write stand-ins wi
 ifeq ($(STANDIN),1)
 	$(PY) -m pipelines.weights standin $(STANDIN_DIR)
 else
-	$(PY) -m pipelines.weights fetch
+	@$(PY) -m pipelines.weights fetch || { echo "make: the pretrained weights could not be fetched (see above)." \
+	  "For an offline demo: make repro STANDIN=1 (stand-in weights; every run is tagged as such)."; exit 2; }
 endif
 
 repro: weights  ## set up and run the pipeline on the embedded default (dvc repro)
