@@ -166,6 +166,7 @@ def test_full_pipeline_reproduces_shares_and_runs_experiments(repo_copy: Path, t
     bad = _run(["dvc", "exp", "run", "-S", "data.img_size=60"], repo_copy, check=False)
     assert bad.returncode != 0
     assert "data.img_size = 60 is not allowed: it must be a multiple of" in bad.stdout + bad.stderr
+    _run(["git", "checkout", "--", "params.yaml"], repo_copy)  # DVC leaves a failed -S applied in the workspace
 
     # Two queued experiments at once: each gets its own results; both MLflow runs land in the
     # checkout's store; the workspace is untouched.
