@@ -18,13 +18,11 @@ and logs a warning every time one is used. Results carry `standin: bool` so runs
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import http.client
 import json
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterable
@@ -32,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from components.errors import UserError
-from components.io import TMP_PREFIX, _fsync_dir, atomic_open, atomic_write_json
+from components.io import atomic_open, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -203,25 +201,21 @@ def _use(asset: Asset, path: Path, source: str) -> Resolved:
 # ---------------------------------------------------------------- download
 
 def _download(asset: Asset, url: str, dest: Path, timeout: float) -> None:
-    """Stream `url` to a temp file beside `dest`, check length and sha256, fsync, rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX + dest.name + ".", dir=dest.parent)
-    try:
-        h = hashlib.sha256()
-        received = 0
-        request = urllib.request.Request(url, headers={"User-Agent": "coordtok-pipeline"})
-        with os.fdopen(fd, "wb") as out, urllib.request.urlopen(request, timeout=timeout) as resp:
-            if "text/html" in (resp.headers.get("Content-Type") or ""):
-                raise OSError("the server answered with a web page instead of the file")
-            expected = resp.headers.get("Content-Length")
-            for block in iter(lambda: resp.read(_CHUNK), b""):
-                out.write(block)
-                h.update(block)
-                received += len(block)
-            if expected is not None and received != int(expected):
-                raise OSError(f"connection ended after {received} of {expected} bytes")
-            out.flush()
-            os.fsync(out.fileno())
+    """Stream `url` into `dest` atomically (components.io.atomic_open): the length and sha256 are
+    checked before the rename, so a failed or interrupted download leaves nothing under `dest`."""
+    h = hashlib.sha256()
+    received = 0
+    request = urllib.request.Request(url, headers={"User-Agent": "coordtok-pipeline"})
+    with urllib.request.urlopen(request, timeout=timeout) as resp, atomic_open(dest, "wb") as out:
+        if "text/html" in (resp.headers.get("Content-Type") or ""):
+            raise OSError("the server answered with a web page instead of the file")
+        expected = resp.headers.get("Content-Length")
+        for block in iter(lambda: resp.read(_CHUNK), b""):
+            out.write(block)
+            h.update(block)
+            received += len(block)
+        if expected is not None and received != int(expected):
+            raise OSError(f"connection ended after {received} of {expected} bytes")
         digest = h.hexdigest()
         if not _matches(asset, digest):
             raise WeightsChecksumError(
@@ -229,12 +223,6 @@ def _download(asset: Asset, url: str, dest: Path, timeout: float) -> None:
                 f"{asset.checksum_text}; it was discarded (retry later, or download it yourself into {dest.parent}).")
         if asset.sha256 is None:
             log.warning("%s has no published sha256; downloaded file has sha256 %s.", asset.filename, digest)
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def resolve(name: str, configured_dir: str | os.PathLike | None = None, allow_download: bool = True,

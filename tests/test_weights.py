@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from components import weights as W
+from components.io import TMP_PREFIX
 from pipelines import weights as cli
 
 PAYLOAD = b"pretend weights " * 1000
@@ -33,7 +34,7 @@ def env(tmp_path, monkeypatch):
 
 
 def _no_leftovers(folder: Path) -> bool:
-    return not folder.exists() or not any(p.name.startswith(W.TMP_PREFIX) for p in folder.iterdir())
+    return not folder.exists() or not any(p.name.startswith(TMP_PREFIX) for p in folder.iterdir())
 
 
 def test_cache_is_torch_hub_checkpoints(env):
