@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from components.io import atomic_write_text, commit_dir, remove_stale_staging, staging_dir
-from dashboards.paper_rows import GENERATION, RECONSTRUCTION
+from components.paper import GENERATION, RECONSTRUCTION
 
 log = logging.getLogger("dashboard")
 

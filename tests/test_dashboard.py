@@ -12,7 +12,7 @@ import yaml
 from components.config import load_params
 from dashboards.build import build_dashboard
 from dashboards.demo import write_demo_store
-from dashboards.paper_rows import GENERATION, RECONSTRUCTION
+from components.paper import GENERATION, RECONSTRUCTION
 from tests.conftest import SHARED
 
 

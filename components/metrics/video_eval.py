@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from components.metrics.image import psnr, ssim
+from components.paper import GENERATION, RECONSTRUCTION
 
 # ------------------------------------------------------------------------------------ which clips
 
@@ -265,16 +266,13 @@ def scatter_png(x: Sequence[float], y: Sequence[float], title: str, xlabel: str,
     return buf.getvalue()
 
 
-# Rows of the paper (../shared/paper.md): UCF-101, 128 frames at 128x128.
-PAPER_RECON_ROWS = [
-    ("OmniTok-CV", 8192, 17, 28.3, 0.081, 49.5), ("CosmosTokenizer", 8192, 17, 28.5, 0.119, 87.8),
-    ("PVDM-AE", 6144, 16, 26.5, 0.120, 66.5), ("OmniTok-CV", 1024, 17, 23.2, 0.175, 396.7),
-    ("PVDM-AE", 1152, 16, 19.1, 0.333, 1270.1), ("CoordTok (paper)", 1280, 128, 28.6, 0.066, 102.9),
-]
-PAPER_GEN_ROWS = [  # (method, FVD, seconds per video, GPU memory GB or None)
-    ("PVDM-L", 505.0, 116.9, None), ("HVDM", 549.7, 52.1, None), ("Latte-L/2", 1901.8, 21.4, None),
-    ("CoordTok-SiT-L/2 (paper)", 369.3, 9.8, 4.5),
-]
+# Rows of the paper (components/paper.py): UCF-101, 128 frames at 128x128.
+PAPER_RECON_ROWS = [  # (method, tokens, train frames, PSNR, LPIPS, rFVD)
+    (r["method"] + (" (paper)" if r["method"] == "CoordTok" else ""), r["tokens"], r["train_frames"], r["psnr"],
+     r["lpips"], r["rfvd"]) for r in RECONSTRUCTION]
+PAPER_GEN_ROWS = [  # (method, FVD, seconds per video, GPU memory GB or None); the paper's own row last
+    (r["method"] + (" (paper)" if r["method"].startswith("CoordTok") else ""), r["fvd"], r["seconds_per_video"],
+     r["memory_gb"]) for r in sorted(GENERATION, key=lambda r: r["method"].startswith("CoordTok"))]
 
 
 def _fmt(v, spec: str) -> str:

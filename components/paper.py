@@ -1,4 +1,5 @@
-"""The paper's reported numbers (arXiv 2411.14762; ../shared/paper.md), drawn as reference points.
+"""The paper's reported numbers (arXiv 2411.14762; ../shared/paper.md), one copy for the
+evaluation table, the dashboard and the sweep plots.
 
 Reconstruction: UCF-101, 128 frames at 128x128. Generation: unconditional UCF-101, 128 frames.
 """
