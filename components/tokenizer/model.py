@@ -463,7 +463,10 @@ class CoordTok(nn.Module):
         q = self._queries(video.shape[0])
         for blk in self.enc_blocks:
             q = blk(q, context, key_mask)
-        q = self.enc_norm(q)
+        return self._planes_from_queries(self.enc_norm(q))
+
+    def _planes_from_queries(self, q: Tensor) -> Triplane:
+        """Encoded query tokens [B, N_xy + 2 N_t, D] -> the three planes (each cut back from its latent patches)."""
         n_xy, n_t = math.prod(self.query_grid_xy), math.prod(self.query_grid_t)
         q_xy, q_yt, q_xt = q.split([n_xy, n_t, n_t], dim=1)
         lps, lpt = self.arch.latent_patch_size_xy, self.arch.latent_patch_size_t

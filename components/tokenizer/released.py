@@ -137,16 +137,7 @@ class ReleasedCoordTok(CoordTok):
         q = self._queries(b)
         for blk in self.enc_blocks:
             q = blk(q, context, bias)  # a float mask is added to the logits by scaled_dot_product_attention
-        q = self.enc_norm(q)
-        n_xy = self.query_grid_xy[0] * self.query_grid_xy[1]
-        n_t = self.query_grid_t[0] * self.query_grid_t[1]
-        q_xy, q_yt, q_xt = q.split([n_xy, n_t, n_t], dim=1)
-        lps, lpt = self.arch.latent_patch_size_xy, self.arch.latent_patch_size_t
-        return Triplane(
-            self._unpatch_plane(q_xy, self.latent_proj_xy, self.query_grid_xy, (lps, lps)),
-            self._unpatch_plane(q_yt, self.latent_proj_yt, self.query_grid_t, (lpt, lps)),
-            self._unpatch_plane(q_xt, self.latent_proj_xt, self.query_grid_t, (lpt, lps)),
-        )
+        return self._planes_from_queries(self.enc_norm(q))
 
     # ---- decoder
 
