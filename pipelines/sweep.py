@@ -210,7 +210,11 @@ def grid_exhausted(study: Any, params: Params) -> bool:
 
 
 def recover_interrupted(study: Any) -> list[int]:
-    """Mark trials a killed driver left RUNNING as FAIL (interrupted) and enqueue their params again."""
+    """Mark trials a killed driver left RUNNING as FAIL (interrupted) and enqueue their params again.
+
+    Optuna stores a trial's parameters one at a time, so a kill between two suggestions leaves a
+    trial with only some of them; the retry keeps those and the sampler draws the rest.
+    """
     import optuna
     from optuna.trial import TrialState
 
