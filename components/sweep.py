@@ -30,6 +30,9 @@ PARAM_KEYS: dict[str, tuple[str, str]] = {
 }
 OBJECTIVES = {"single": ("test_psnr",), "multi": ("test_psnr", "num_tokens")}
 DIRECTIONS = {"single": ("maximize",), "multi": ("maximize", "minimize")}
+# Trial user attribute of a trial that repeated an already-tried point and reused its result
+# (it trained nothing; reports and the dashboard leave it out).
+ATTR_DUPLICATE = "duplicate_of"
 
 # Sweep keys that do not change what a trial measures: a rerun with other values continues the study.
 BUDGET_KEYS = ("n_trials", "timeout", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "storage", "study_name")

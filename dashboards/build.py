@@ -24,6 +24,7 @@ from typing import Any
 
 from components.io import atomic_write_text, commit_dir, remove_stale_staging, staging_dir
 from components.paper import GENERATION, RECONSTRUCTION
+from components.sweep import ATTR_DUPLICATE
 
 log = logging.getLogger("dashboard")
 
@@ -252,7 +253,9 @@ def _sweep(storage: str) -> tuple[dict[str, Any] | None, str | None]:
     if not names:
         return None, f"the sweep storage {storage} holds no study yet"
     study = optuna.load_study(study_name=names[-1], storage=storage_obj)
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.values]
+    # A duplicate repeated an already-tried point and copied its result: one point, shown once.
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.values
+            and ATTR_DUPLICATE not in t.user_attrs]
     if not done:
         return None, f"study '{study.study_name}' has no completed trial yet"
     directions = [d.name.lower() for d in study.directions]
@@ -260,7 +263,7 @@ def _sweep(storage: str) -> tuple[dict[str, Any] | None, str | None]:
     trials = [{"number": t.number, "values": list(t.values),
                "params": {k: (v if isinstance(v, (int, float, str)) else str(v)) for k, v in t.params.items()}}
               for t in done]
-    pareto = sorted(t.number for t in study.best_trials)
+    pareto = sorted(t.number for t in study.best_trials if ATTR_DUPLICATE not in t.user_attrs)
     importances: dict[str, dict[str, float]] = {}
     note = None
     if len(done) >= 2 and any(t.params for t in done):

@@ -34,6 +34,7 @@ from components.config import Params, RatioRange, resolve_path, validate_params
 from components.errors import UserError
 from components.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from components.sweep import (
+    ATTR_DUPLICATE,
     DIRECTIONS,
     OBJECTIVES,
     Candidate,
@@ -69,7 +70,6 @@ PLOTS = {"pareto": f"{REPORT_DIR}/pareto.png", "importances": f"{REPORT_DIR}/imp
 ATTR_PARENT, ATTR_URI = "mlflow_parent_run_id", "mlflow_tracking_uri"
 # Trial user attributes.
 ATTR_REJECTED, ATTR_INTERRUPTED, ATTR_RETRY_OF = "rejected", "interrupted", "retry_of"
-ATTR_DUPLICATE = "duplicate_of"
 ATTR_RUN_ID, ATTR_ERROR, ATTR_CURVE, ATTR_TOKENS = "mlflow_run_id", "error", "psnr_curve", "num_tokens"
 
 # The paper's ablations (UCF-101, 128 frames at 128x128; ../shared/paper.md): triplane sizes and their

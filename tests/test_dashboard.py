@@ -76,6 +76,31 @@ def test_build_from_fixture_store(demo):
     assert not list(out.parent.glob(".tmp-*"))
 
 
+def test_sweep_panel_leaves_out_trials_that_reused_another_trials_result(tmp_path):
+    """The sweep marks a repeated point `duplicate_of` and copies its result; the dashboard shows the
+    point once (in the trial list and on the Pareto front), as the sweep's own reports do."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from components.sweep import ATTR_DUPLICATE
+    from dashboards.build import _sweep
+
+    journal = tmp_path / "sweep.journal"
+    study = optuna.create_study(study_name="s", directions=["maximize", "minimize"],
+                                storage=JournalStorage(JournalFileBackend(str(journal))))
+    study.set_metric_names(["test_psnr", "num_tokens"])
+    dist = {"latent_resolution_xy": optuna.distributions.CategoricalDistribution([4, 8])}
+    for xy, values in ((4, [14.0, 48]), (8, [15.0, 192])):
+        study.add_trial(optuna.trial.create_trial(params={"latent_resolution_xy": xy}, distributions=dist,
+                                                  values=values))
+    study.add_trial(optuna.trial.create_trial(params={"latent_resolution_xy": 8}, distributions=dist,
+                                              values=[15.0, 192], user_attrs={ATTR_DUPLICATE: 1}))
+    assert len(study.best_trials) == 3  # Optuna counts the copy as a tied best trial
+    panel, note = _sweep(str(journal))
+    assert note is None
+    assert [t["number"] for t in panel["trials"]] == [0, 1] and panel["pareto"] == [0, 1]
+
+
 def test_build_from_missing_store_says_so(tmp_path):
     out = tmp_path / "dash"
     summary = build_dashboard(f"sqlite:///{tmp_path / 'none.db'}", "coordtok", str(tmp_path / "journal.log"), out)
