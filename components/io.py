@@ -1,7 +1,7 @@
 """Atomic file output: write to a temporary name in the same folder, fsync, rename.
 
 A process killed at any moment leaves either the previous file or the complete new one,
-never a half-written file under the final name.
+never a half-written file under the final name. Also the one reader of project checkpoint files.
 """
 
 from __future__ import annotations
@@ -96,3 +96,23 @@ def remove_stale_staging(parent: str | os.PathLike, name: str) -> None:
         else:
             with contextlib.suppress(FileNotFoundError):
                 p.unlink()
+
+
+def read_checkpoint(path: str | os.PathLike, kind: str, missing_hint: str, unreadable_hint: str,
+                    map_location: Any = "cpu") -> Any:
+    """`torch.load(weights_only=True)` of a project checkpoint file, with one UserError sentence for a
+    missing file ("<kind> <path> does not exist; <missing_hint>") or one that does not unpickle."""
+    import io
+
+    import torch
+
+    from components.errors import UserError
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{kind} {path} does not exist; {missing_hint}")
+    try:
+        return torch.load(io.BytesIO(path.read_bytes()), map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - every unpickling failure is the same user-facing problem
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"{path} is not a loadable {kind} ({first}); {unreadable_hint}") from None

@@ -32,7 +32,7 @@ from components.errors import UserError
 from pipelines.common.cli import main_for, quiet_third_party
 from pipelines.common.report import print_summary
 from pipelines.common.tracking import stage_run
-from pipelines.preprocess import INDEX_FILE, PROCESSED_DIR
+from pipelines.preprocess import INDEX_FILE, processed_store
 
 log = logging.getLogger("evaluate")
 
@@ -199,9 +199,7 @@ def _check_inputs(params: Params, root: Path) -> dict[str, Any]:
     from components.tokenizer.released import load_tokenizer
 
     ev, data = params.evaluate, params.data
-    processed = resolve_path(root, PROCESSED_DIR)
-    if not (processed / INDEX_FILE).is_file():
-        raise UserError(f"{PROCESSED_DIR}/{INDEX_FILE} is missing; run the preprocess stage first (dvc repro preprocess)")
+    processed = processed_store(root)
     if ev.fvd_clip_frames is not None and ev.fvd_clip_frames > data.num_frames:
         raise UserError(f"evaluate.fvd_clip_frames = {ev.fvd_clip_frames} exceeds data.num_frames ({data.num_frames}); "
                         "lower it or set it to null")

@@ -30,7 +30,7 @@ from components.io import (
 )
 from pipelines.common.cli import main_for, quiet_third_party
 from pipelines.common.report import print_summary
-from pipelines.preprocess import INDEX_FILE, PROCESSED_DIR
+from pipelines.preprocess import INDEX_FILE, processed_store
 
 log = logging.getLogger("extract_latents")
 
@@ -142,9 +142,7 @@ def extract_latents(params: Params, root: Path) -> dict[str, Any]:
     from pipelines.common.trainer import file_digest
 
     cfg, data = params.extract_latents, params.data
-    processed = resolve_path(root, PROCESSED_DIR)
-    if not (processed / INDEX_FILE).is_file():
-        raise UserError(f"{PROCESSED_DIR}/{INDEX_FILE} is missing; run the preprocess stage first (dvc repro preprocess)")
+    processed = processed_store(root)
     tok_path = resolve_path(root, cfg.tokenizer_path)
     tokenizer = load_tokenizer(tok_path)  # a missing/bad file is one clear error before Ray starts
     if tokenizer.num_frames != data.num_frames:

@@ -25,7 +25,7 @@ from pipelines.common import trainer
 from pipelines.common.cli import main_for, quiet_third_party
 from pipelines.common.report import print_summary
 from pipelines.common.tracking import resolve_tracking_uri, stage_run
-from pipelines.preprocess import INDEX_FILE, PROCESSED_DIR
+from pipelines.preprocess import INDEX_FILE, processed_store
 
 log = logging.getLogger("finetune")
 
@@ -161,9 +161,7 @@ def finetune(params: Params, root: Path) -> dict[str, Any]:
     from components.weights import resolve, weights_dir
 
     cfg, tok = params.finetune, params.tokenizer
-    processed = resolve_path(root, PROCESSED_DIR)
-    if not (processed / INDEX_FILE).is_file():
-        raise UserError(f"{PROCESSED_DIR}/{INDEX_FILE} is missing; run the preprocess stage first (dvc repro preprocess)")
+    processed = processed_store(root)
     init = resolve_path(root, cfg.init_from)
     if not init.is_file():
         raise UserError(f"finetune.init_from = {cfg.init_from!r} does not exist; run the pretrain stage first "
@@ -183,8 +181,6 @@ def finetune(params: Params, root: Path) -> dict[str, Any]:
     suffix = f"{tok.preset} lpips={cfg.lpips_backbone}x{cfg.lpips_weight:g} frames={cfg.frames_per_video}"
     tags = {"ray.run_name": name, "weights.standin": str(standin).lower()}
     with stage_run(params, root, "finetune", suffix, extra_tags=tags, system_metrics=True) as run:
-        import mlflow
-
         started = time.perf_counter()
         state = trainer.fit(params, cfg, train_loop_per_worker,
                             {"params": params.model_dump(mode="json"), "processed_dir": str(processed),
@@ -213,11 +209,7 @@ def finetune(params: Params, root: Path) -> dict[str, Any]:
                                                    "step": state["step"], "standin_weights": standin})
         trainer.write_curves(root / PLOTS_DIR, state["history"], ["loss", "l2", "lpips", "lr"],
                              ["test_psnr", "test_ssim", "test_lpips", "baseline_psnr"])
-        trainer.write_metrics(root / METRICS_OUT, summary)
-        mlflow.log_metrics({"final_" + k: float(v) for k, v in summary.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        mlflow.log_metric("wall_seconds", wall)
-        mlflow.log_artifact(str(root / METRICS_OUT))
+        trainer.write_metrics(root / METRICS_OUT, summary, wall)
         if params.mlflow.register_models:
             _register(params, root, run.info.run_id, state["config"])
     print_summary("finetune", [("preset", tok.preset), ("steps", summary["step"]),

@@ -39,6 +39,14 @@ REPORT_FILE = "reports/preprocess.json"
 INDEX_COLUMNS = ["video_id", "class_name", "label", "split", "n_frames", "source"]
 
 
+def processed_store(root: Path) -> Path:
+    """The processed store a later stage reads; one UserError when the preprocess stage has not run."""
+    processed = resolve_path(root, PROCESSED_DIR)
+    if not (processed / INDEX_FILE).is_file():
+        raise UserError(f"{PROCESSED_DIR}/{INDEX_FILE} is missing; run the preprocess stage first (dvc repro preprocess)")
+    return processed
+
+
 def _resolve_source(raw_root: str, rel: str) -> tuple[Path | None, str | None]:
     """Real path of a listed file inside the root, or (None, reason)."""
     root = Path(raw_root).resolve()

@@ -22,7 +22,7 @@ from pipelines.common import trainer
 from pipelines.common.cli import main_for, quiet_third_party
 from pipelines.common.report import print_summary
 from pipelines.common.tracking import resolve_tracking_uri, stage_run
-from pipelines.preprocess import INDEX_FILE, PROCESSED_DIR
+from pipelines.preprocess import INDEX_FILE, PROCESSED_DIR, processed_store
 
 log = logging.getLogger("pretrain")
 
@@ -81,9 +81,7 @@ def pretrain(params: Params, root: Path) -> dict[str, Any]:
     """Train the tokenizer with coordinate sampling; returns the metrics written to metrics/pretrain.json."""
     quiet_third_party()
     cfg, tok = params.pretrain, params.tokenizer
-    processed = resolve_path(root, PROCESSED_DIR)
-    if not (processed / INDEX_FILE).is_file():
-        raise UserError(f"{PROCESSED_DIR}/{INDEX_FILE} is missing; run the preprocess stage first (dvc repro preprocess)")
+    processed = processed_store(root)
     index = pd.read_parquet(processed / INDEX_FILE)
     if not (index.split == "train").any() or not (index.split == "test").any():
         raise UserError(f"{PROCESSED_DIR}/{INDEX_FILE} needs both train and test videos")
@@ -92,8 +90,6 @@ def pretrain(params: Params, root: Path) -> dict[str, Any]:
     arch = tok.arch
     suffix = f"{tok.preset} xy={arch.latent_resolution_xy} t={arch.latent_resolution_t} ratio={cfg.sampling_ratio:g}"
     with stage_run(params, root, "pretrain", suffix, extra_tags={"ray.run_name": name}, system_metrics=True) as run:
-        import mlflow
-
         started = time.perf_counter()
         state = trainer.fit(params, cfg, train_loop_per_worker,
                             {"params": params.model_dump(mode="json"), "processed_dir": str(processed),
@@ -113,10 +109,7 @@ def pretrain(params: Params, root: Path) -> dict[str, Any]:
                                                    "step": state["step"]})
         trainer.write_curves(root / PLOTS_DIR, state["history"], ["loss", "lr"],
                              ["test_psnr", "test_ssim", "baseline_psnr"])
-        trainer.write_metrics(root / METRICS_OUT, summary)
-        mlflow.log_metrics({"final_" + k: float(v) for k, v in summary.items() if isinstance(v, (int, float))})
-        mlflow.log_metric("wall_seconds", wall)
-        mlflow.log_artifact(str(root / METRICS_OUT))
+        trainer.write_metrics(root / METRICS_OUT, summary, wall)
     print_summary("pretrain", [("preset", tok.preset), ("tokens", arch.num_tokens), ("steps", summary["step"]),
                                ("final train loss", summary["train_loss"]), ("test PSNR (dB)", summary["test_psnr"]),
                                ("test SSIM", summary["test_ssim"]),

@@ -30,7 +30,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from components.config import Params, RatioRange, resolve_path, validate_params
+from components.config import Params, RatioRange, validate_params
 from components.errors import UserError
 from components.io import atomic_write_bytes, atomic_write_json, atomic_write_text
 from components.sweep import (
@@ -55,7 +55,7 @@ from pipelines.common.tracking import (
     resolve_tracking_uri,
     stage_run,
 )
-from pipelines.preprocess import INDEX_FILE, PROCESSED_DIR
+from pipelines.preprocess import INDEX_FILE, PROCESSED_DIR, processed_store
 
 log = logging.getLogger("sweep")
 
@@ -442,9 +442,7 @@ def sweep(params: Params, root: Path) -> dict[str, Any]:
     _quiet_optuna()
     sw = params.sweep
     candidates = validate_search_space(params)  # before any storage, cluster or trial
-    processed = resolve_path(root, PROCESSED_DIR)
-    if not (processed / INDEX_FILE).is_file():
-        raise UserError(f"{PROCESSED_DIR}/{INDEX_FILE} is missing; run the preprocess stage first (dvc repro preprocess)")
+    processed = processed_store(root)
     index = pd.read_parquet(processed / INDEX_FILE)
     if not (index.split == "train").any() or not (index.split == "test").any():
         raise UserError(f"{PROCESSED_DIR}/{INDEX_FILE} needs both train and test videos")

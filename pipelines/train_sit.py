@@ -261,8 +261,6 @@ def train_sit(params: Params, root: Path) -> dict[str, Any]:
                              "init_sha256": trainer.file_digest(init) if init else None})
     suffix = f"{cfg.preset} steps={cfg.steps} batch={cfg.batch_size} lr={cfg.lr:g}"
     with stage_run(params, root, "train_sit", suffix, extra_tags={"ray.run_name": name}, system_metrics=True) as run:
-        import mlflow
-
         started = time.perf_counter()
         state = trainer.fit(params, cfg, train_loop_per_worker,
                             {"params": params.model_dump(mode="json"), "latents_dir": str(latents),
@@ -288,11 +286,7 @@ def train_sit(params: Params, root: Path) -> dict[str, Any]:
             state["config"], state["model"], state["ema"], store.stats, state["step"],
             ema_decay=cfg.ema_decay, latents_digest=latents_digest(latents)))
         trainer.write_curves(root / PLOTS_DIR, state["history"], ["loss", "grad_norm", "lr"], EVAL_COLS)
-        trainer.write_metrics(root / METRICS_OUT, summary)
-        mlflow.log_metrics({"final_" + k: float(v) for k, v in summary.items()
-                            if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        mlflow.log_metric("wall_seconds", wall)
-        mlflow.log_artifact(str(root / METRICS_OUT))
+        trainer.write_metrics(root / METRICS_OUT, summary, wall)
         if params.mlflow.register_models:
             _register(run.info.run_id, state["config"], state["ema"])
     print_summary("train_sit", [

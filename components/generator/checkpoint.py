@@ -8,7 +8,6 @@ The released-checkpoint importer (components/checkpoint_import.import_sit) write
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from torch import nn
 from components.errors import UserError
 from components.generator.latent_stats import LatentStats
 from components.generator.sit import SiT
-from components.io import atomic_open
+from components.io import atomic_open, read_checkpoint
 
 __all__ = ["load_sit", "payload_from_states", "read_sit_payload", "save_sit_payload", "sit_payload"]
 
@@ -55,14 +54,8 @@ def save_sit_payload(path: str | os.PathLike, model: SiT, ema: nn.Module | None,
 def read_sit_payload(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """The raw checkpoint dict at `path` (weights_only load); UserError if missing or not a SiT file."""
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"SiT checkpoint {path} does not exist; train one (dvc repro train_sit) or import the "
-                        "released one (python -m pipelines.import_checkpoint sit ...)")
-    try:
-        ckpt = torch.load(io.BytesIO(path.read_bytes()), map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - every unpickling failure is the same user-facing problem
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"{path} is not a loadable SiT checkpoint ({first}); re-create it with train_sit") from None
+    ckpt = read_checkpoint(path, "SiT checkpoint", "train one (dvc repro train_sit) or import the released one "
+                           "(python -m pipelines.import_checkpoint sit ...)", "re-create it with train_sit", map_location)
     if not isinstance(ckpt, dict) or "config" not in ckpt or not ("model" in ckpt or "ema" in ckpt):
         raise UserError(f"{path} is not a project SiT checkpoint (needs 'config' and 'model'/'ema'); "
                         "convert released checkpoints with python -m pipelines.import_checkpoint first")

@@ -23,7 +23,6 @@ the triplanes this class returns are in this project's layout.
 
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from components.errors import UserError
+from components.io import read_checkpoint
 from components.tokenizer.model import CoordTok, Triplane, sample_triplane
 from components.tokenizer.presets import TokenizerArch
 
@@ -189,14 +189,8 @@ def load_tokenizer(config_or_path: dict[str, Any] | str | os.PathLike, map_locat
     if isinstance(config_or_path, dict):
         return tokenizer_from_config(config_or_path)
     path = Path(config_or_path)
-    if not path.is_file():
-        raise UserError(f"tokenizer checkpoint {path} does not exist; train one (dvc repro pretrain) or "
-                        "import the released one (python -m pipelines.import_checkpoint tokenizer ...)")
-    try:
-        ckpt = torch.load(io.BytesIO(path.read_bytes()), map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure is the same user-facing problem
-        raise UserError(f"{path} is not a loadable project checkpoint ({type(e).__name__}: "
-                        f"{str(e).splitlines()[0] if str(e) else ''}); re-create it") from None
+    ckpt = read_checkpoint(path, "tokenizer checkpoint", "train one (dvc repro pretrain) or import the released "
+                           "one (python -m pipelines.import_checkpoint tokenizer ...)", "re-create it", map_location)
     if not isinstance(ckpt, dict) or "config" not in ckpt or "model" not in ckpt:
         raise UserError(f"{path} is not a project tokenizer checkpoint (needs 'config' and 'model'); "
                         "convert released checkpoints with python -m pipelines.import_checkpoint first")

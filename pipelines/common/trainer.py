@@ -258,5 +258,13 @@ def write_curves(plots_dir: Path, history: list[dict[str, float]], train_cols: l
     return frame
 
 
-def write_metrics(path: Path, summary: dict[str, Any]) -> None:
+def write_metrics(path: Path, summary: dict[str, Any], wall_seconds: float) -> None:
+    """Write the stage's metrics file and log it to the active MLflow run: each number as
+    final_<key>, the stage's wall_seconds, and the file itself as an artifact."""
+    import mlflow
+
     atomic_write_json(path, summary)
+    mlflow.log_metrics({"final_" + k: float(v) for k, v in summary.items()
+                        if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    mlflow.log_metric("wall_seconds", wall_seconds)
+    mlflow.log_artifact(str(path))
