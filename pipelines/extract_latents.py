@@ -73,7 +73,8 @@ class ClipEncoder:
         clips = np.stack([self._clip(str(p), int(s), int(n))
                           for p, s, n in zip(batch["frames_path"], batch["start"], batch["n_valid"])])
         video = to_unit(torch.from_numpy(clips).to(self.device))
-        n_valid = torch.as_tensor(np.asarray(batch["n_valid"], np.int64), device=self.device)
+        # torch.tensor copies: Ray Data hands out read-only arrays, which torch.as_tensor warns about.
+        n_valid = torch.tensor(np.asarray(batch["n_valid"], np.int64), device=self.device)
         with torch.no_grad():
             planes = self.model.encode(video, n_valid)
         stored = [p.float().cpu().numpy().astype(self.dtype) for p in (planes.xy, planes.yt, planes.xt)]

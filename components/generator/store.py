@@ -118,7 +118,8 @@ class LatentStore:
 
     @property
     def labels(self) -> np.ndarray:
-        return self.index["label"].to_numpy(np.int64)
+        # A copy: pandas hands out read-only views, which torch.from_numpy warns about.
+        return self.index["label"].to_numpy(np.int64, copy=True)
 
     def planes(self, rows: Sequence[int] | np.ndarray, device=None) -> tuple[Tensor, Tensor, Tensor]:
         """The latents at `rows` as float32 tensors (xy, yt, xt), in the order given."""

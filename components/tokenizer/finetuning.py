@@ -117,6 +117,7 @@ def frame_loss_backward(pred: torch.Tensor, target: torch.Tensor, valid: torch.T
             p = leaf[valid][s:s + chunk].permute(0, 3, 1, 2)
             d = perceptual(p, t_all[s:s + chunk].permute(0, 3, 1, 2)).sum() / n
             (scale * lpips_weight * d).backward()
-            lp_total += float(d)
+            lp_total += d.detach().item()
     pred.backward(leaf.grad.to(pred.dtype))
-    return float(l2) + lpips_weight * lp_total, float(l2), lp_total
+    l2_value = l2.detach().item()  # float(l2) of a grad-tracking tensor warns
+    return l2_value + lpips_weight * lp_total, l2_value, lp_total
