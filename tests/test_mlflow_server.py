@@ -98,12 +98,13 @@ def test_stage_and_registry_over_http(tmp_path, tiny_params_file, ray_local, ser
     assert not (tmp_path / "mlruns.db").exists()  # nothing went to the sqlite default
 
     # the registry round-trips over HTTP too (artifacts proxied by the server)
-    from tests.test_tracking import register_and_reload
+    from tests.test_tracking import assert_no_pickled_code, register_and_reload
 
     run_id, version, expected, got = register_and_reload(tmp_path, params, tmp_path)
     assert torch.equal(got, expected)
     assert client.get_model_version("coordtok-tokenizer", version.version).tags["source.run_id"] == run_id
     assert any((server.folder / "artifacts").rglob("finetune.pt"))
+    assert_no_pickled_code(server.folder / "artifacts")
 
 
 def test_unreachable_server_fails_before_compute(tmp_path, tiny_params_file, use_uri, capsys):

@@ -222,6 +222,35 @@ def test_registry_round_trip_sqlite(tmp_path, params):
     assert str(client.get_registered_model("coordtok-tokenizer").latest_versions[-1].version) == "2"
 
 
+def assert_no_pickled_code(artifacts):
+    """A logged model holds no pickle of code: no python_model.pkl, no raw pickle file at all, and the
+    checkpoint (a torch zip) loads with weights_only=True; its pyfunc is the project's source file."""
+    import zipfile
+
+    files = [p for p in artifacts.rglob("*") if p.is_file()]
+    models = [p.parent for p in files if p.name == "MLmodel"]
+    assert models, f"no logged model under {artifacts}"
+    for path in files:
+        assert path.name != "python_model.pkl", path
+        head = path.read_bytes()[:2]
+        assert not (head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), f"pickle: {path}"
+        if zipfile.is_zipfile(path):  # torch checkpoints are zips holding a tensor-only pickle
+            torch.load(path, map_location="cpu", weights_only=True)
+    for model in models:
+        mlmodel = yaml.safe_load((model / "MLmodel").read_text())
+        pyfunc = mlmodel["flavors"]["python_function"]
+        assert pyfunc["loader_module"] == "mlflow.pyfunc.loaders.code_model" and "python_model" not in pyfunc
+        # the model's code is a copy of the project's own source file, nothing else
+        assert (model / "registry_model.py").read_text() == tracking.REGISTRY_MODEL_CODE.read_text()
+        assert pyfunc["config"]["builder"] == "components.tokenizer.model:CoordTok.from_config"
+
+
+def test_registered_model_holds_no_pickled_code(tmp_path, params, recwarn):
+    register_and_reload(tmp_path, params, tmp_path)
+    assert_no_pickled_code(tmp_path / "mlartifacts")
+    assert not [w for w in recwarn if "CloudPickle" in str(w.message)]
+
+
 def test_load_unknown_model_is_user_error(tmp_path, params):
     with tracking.stage_run(params, tmp_path, "evaluate"):
         pass

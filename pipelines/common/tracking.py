@@ -13,7 +13,6 @@ Registered models: `coordtok-tokenizer`, `coordtok-sit` (see register_model / lo
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import os
@@ -304,66 +303,8 @@ class MetricsBuffer:
 # ------------------------------------------------------------------------------ model registry
 
 
-def _import_dotted(path: str) -> Callable[..., Any]:
-    """"pkg.module:attr.sub" (or "pkg.module.attr") -> the object."""
-    module_name, _, attr = path.partition(":")
-    if not attr:
-        module_name, _, attr = path.rpartition(".")
-    obj: Any = importlib.import_module(module_name)
-    for part in attr.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _checkpoint_model_class() -> type:
-    """Built on first use: importing mlflow.pyfunc costs ~1.5 s, which every stage import would pay."""
-    import mlflow.pyfunc
-
-    class CheckpointModel(mlflow.pyfunc.PythonModel):
-        """MLflow pyfunc wrapper of a project checkpoint ({"config", "model", ...}, weights_only-safe).
-
-        The module is rebuilt with `builder(config)` (a dotted path, e.g.
-        "components.tokenizer.model:CoordTok.from_config"), so loading never unpickles code.
-        `predict` takes a dict of arrays (the forward's keyword arguments) and returns a numpy array.
-        """
-
-        def __init__(self, builder: str) -> None:
-            self.builder = builder
-            self.module: Any = None
-
-        def load_context(self, context: Any) -> None:
-            import torch
-
-            ckpt = torch.load(context.artifacts["checkpoint"], map_location="cpu", weights_only=True)
-            module = _import_dotted(self.builder)(ckpt["config"])
-            module.load_state_dict(ckpt["model"])
-            self.module = module.eval()
-
-        def predict(self, context, model_input, params=None):  # untyped: MLflow would read hints as a schema
-            import numpy as np
-            import torch
-
-            if not isinstance(model_input, dict):
-                raise TypeError("predict takes a dict of arrays: the keyword arguments of the model's forward")
-            with torch.no_grad():
-                out = self.module(**{k: torch.as_tensor(np.asarray(v)) for k, v in model_input.items()})
-            return out.float().numpy()
-
-    # Stored by reference (pipelines.common.tracking.CheckpointModel) in the logged model.
-    CheckpointModel.__module__, CheckpointModel.__qualname__ = __name__, "CheckpointModel"
-    return CheckpointModel
-
-
-def _checkpoint_model() -> type:
-    if "CheckpointModel" not in globals():
-        globals()["CheckpointModel"] = _checkpoint_model_class()
-    return globals()["CheckpointModel"]
-
-
-def __getattr__(name: str) -> Any:  # `tracking.CheckpointModel`, built lazily (see above)
-    if name == "CheckpointModel":
-        return _checkpoint_model()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# Models-from-code: the registered pyfunc is this project file (logged by path), never a pickled object.
+REGISTRY_MODEL_CODE = Path(__file__).with_name("registry_model.py")
 
 
 def register_model(run_id: str, checkpoint: str | os.PathLike, name: str, builder: str,
@@ -371,6 +312,10 @@ def register_model(run_id: str, checkpoint: str | os.PathLike, name: str, builde
                    tags: dict[str, str] | None = None, tracking_uri: str | None = None) -> Any:
     """Log `checkpoint` (a torch .pt file: {"config", "model", ...}) as an MLflow pyfunc model of
     run `run_id` and register it as `name` (coordtok-tokenizer / coordtok-sit).
+
+    Models-from-code: the pyfunc is `pipelines/common/registry_model.py` (copied into the model as
+    source) with `builder` in its model_config and the checkpoint as an artifact, so loading runs
+    only project code and `torch.load(weights_only=True)`; nothing is pickled.
 
     The model version gets the run's lineage tags (git commit/dirty, DVC experiment, params hash,
     stage, stand-in flag), `source.run_id`, `builder`, and `tags`; `config` is stored as model
@@ -395,7 +340,8 @@ def register_model(run_id: str, checkpoint: str | os.PathLike, name: str, builde
         mlflow.start_run(run_id=run_id, nested=active is not None)
     with ctx:
         info = mlflow.pyfunc.log_model(
-            name=name, python_model=_checkpoint_model()(builder), artifacts={"checkpoint": str(checkpoint)},
+            name=name, python_model=str(REGISTRY_MODEL_CODE), model_config={"builder": builder},
+            artifacts={"checkpoint": str(checkpoint)},
             input_example=input_example, metadata={"config": json.loads(json.dumps(config))},
             pip_requirements=["torch", "numpy"])  # no pip env inference: the project is the environment
     version = mlflow.register_model(info.model_uri, name, tags=version_tags)
