@@ -22,13 +22,14 @@ import pandas as pd
 import ray
 
 from components.config import DataParams, Params, PreprocessParams, resolve_path
-from components.data.store import store_path, write_frames
+from components.data.store import FrameWriter, store_path
 from components.data.ucf101 import Problem, SplitEntry, parse_split, split_file_names
-from components.data.video import VideoDecodeError, decode_video
+from components.data.video import VideoDecodeError, VideoStream
 from components.errors import UserError
-from components.io import atomic_write_json, commit_dir, remove_stale_staging, staging_dir
+from components.io import TMP_PREFIX, atomic_write_json, commit_dir, remove_stale_staging, staging_dir
 from pipelines.common.cli import main_for, quiet_third_party
 from pipelines.common.cluster import default_parallelism, ray_cluster, run_tasks
+from pipelines.common.isolation import ItemError, check_bad_fraction, is_internal, run_item
 from pipelines.common.report import print_summary
 from pipelines.common.tracking import stage_run
 
@@ -63,28 +64,42 @@ def _resolve_source(raw_root: str, rel: str) -> tuple[Path | None, str | None]:
 
 def process_video(entry: SplitEntry, raw_root: str, frames_dir: str, data: DataParams,
                   cfg: PreprocessParams) -> dict[str, Any]:
-    """Decode, resize/crop and store one video; never raises for a bad file (returns a reason)."""
+    """Decode, resize/crop and store one video, streaming frames into the store chunk by chunk (memory
+    does not grow with the video's length); never raises for a bad file (returns a reason)."""
     base = {"video_id": entry.video_id, "source": entry.rel_path}
     path, reason = _resolve_source(raw_root, entry.rel_path)
     if path is None:
         return {**base, "ok": False, "reason": reason}
     started = time.perf_counter()
     try:
-        video = decode_video(path, data.img_size, fps=data.fps, threads=cfg.decoder_threads)
+        with VideoStream(path, data.img_size, fps=data.fps, threads=cfg.decoder_threads) as video, \
+                FrameWriter(store_path(frames_dir, entry.video_id), video.fps, chunk_frames=cfg.chunk_frames,
+                            codec=cfg.compression, level=cfg.compression_level,
+                            temporal_delta=cfg.temporal_delta) as writer:
+            for frame in video:
+                writer.append(frame)
+            n = writer.n_frames
+            if n < data.min_frames:
+                writer.abort()
+                return {**base, "ok": False,
+                        "reason": f"only {n} decodable frames (data.min_frames = {data.min_frames})"}
+            nbytes = writer.close()
     except VideoDecodeError as exc:
         return {**base, "ok": False, "reason": str(exc)}
     except MemoryError:
         return {**base, "ok": False, "reason": "too large to decode in memory"}
-    n = len(video.frames)
-    if n < data.min_frames:
-        return {**base, "ok": False, "reason": f"only {n} decodable frames (data.min_frames = {data.min_frames})"}
-    nbytes = write_frames(store_path(frames_dir, entry.video_id), video.frames, video.fps,
-                          chunk_frames=cfg.chunk_frames, codec=cfg.compression, level=cfg.compression_level,
-                          temporal_delta=cfg.temporal_delta)
     return {**base, "ok": True, "n_frames": n, "fps": video.fps, "bytes": nbytes,
             "source_width": video.source_width, "source_height": video.source_height,
             "rotation": video.rotation, "codec": video.codec, "container": video.container_format,
             "notes": video.notes, "seconds": time.perf_counter() - started}
+
+
+def _as_result(entry: SplitEntry, result: dict[str, Any] | ItemError) -> dict[str, Any]:
+    """An ItemError (a bug met on this file) as a skip whose reason says so."""
+    if isinstance(result, ItemError):
+        return {"video_id": entry.video_id, "source": entry.rel_path, "ok": False, "reason": result.reason,
+                "traceback": result.traceback}
+    return result
 
 
 def build_index(entries: list[SplitEntry], results: list[dict[str, Any]], img_size: int) -> pd.DataFrame:
@@ -135,10 +150,14 @@ def preprocess(params: Params, root: Path) -> dict[str, Any]:
 
             started = time.perf_counter()
             with ray_cluster(params.ray) as resources:
-                task = ray.remote(num_cpus=cfg.cpus_per_task)(process_video)
+                task = ray.remote(num_cpus=cfg.cpus_per_task)(run_item)
                 in_flight = default_parallelism(resources, cfg.cpus_per_task, cfg.max_in_flight)
-                results = run_tasks(task, [(e, str(raw_root), str(frames_dir), data, cfg) for e in entries],
-                                    in_flight, desc="preprocess", unit="video")
+                results = run_tasks(task, [(process_video, e.rel_path, e, str(raw_root), str(frames_dir), data, cfg)
+                                           for e in entries], in_flight, desc="preprocess", unit="video")
+            results = [_as_result(e, r) for e, r in zip(entries, results)]
+            # A worker killed mid-file (Ray retried its task) leaves its unfinished temporary files behind.
+            for leftover in frames_dir.glob(TMP_PREFIX + "*"):
+                leftover.unlink()
             wall = time.perf_counter() - started
             skipped = problems + [Problem(r["source"], r["reason"]) for r in results if not r["ok"]]
             # Every problem except a bad classInd line stands for one listed line (file) that was not stored.
@@ -148,28 +167,31 @@ def preprocess(params: Params, root: Path) -> dict[str, Any]:
             n_frames = int(index["n_frames"].sum()) if len(index) else 0
             total_bytes = int(index["bytes"].sum()) if len(index) else 0
             seconds_of_video = float((index["n_frames"] / index["fps"]).sum()) if len(index) else 0.0
+            internal = [r for r in results if not r["ok"] and is_internal(r["reason"])]
             report = {
                 "split": data.split, "img_size": data.img_size, "fps_policy": data.fps or "native",
                 "listed": listed, "stored": len(index),
                 "stored_by_split": {s: int((index["split"] == s).sum()) for s in ("train", "test")},
-                "skipped_count": len(skipped), "frames": n_frames, "bytes": total_bytes,
+                "skipped_count": len(skipped), "internal_error_count": len(internal), "frames": n_frames, "bytes": total_bytes,
                 "bytes_per_video_second": total_bytes / seconds_of_video if seconds_of_video else 0.0,
                 "skipped": sorted((p.as_dict() for p in skipped), key=lambda d: (d["path"], d["reason"])),
                 "warnings": sorted(({"path": r["source"], "note": n} for r in results if r["ok"] for n in r["notes"]),
                                    key=lambda d: (d["path"], d["note"])),
+                # Bugs met on single files (each also in "skipped"): the traceback to report them with.
+                "internal_errors": [{"path": r["source"], "reason": r["reason"], "traceback": r["traceback"]}
+                                    for r in sorted(internal, key=lambda r: r["source"])],
             }
             atomic_write_json(report_path, report)
             mlflow.log_metrics({"videos_listed": listed, "videos_stored": len(index), "videos_skipped": len(skipped),
+                                "internal_errors": len(internal),
                                 "frames": n_frames, "bytes": total_bytes, "wall_seconds": wall,
                                 "frames_per_second": n_frames / wall if wall else 0.0,
                                 "bytes_per_video_second": report["bytes_per_video_second"]})
             mlflow.log_artifact(str(report_path))
-            bad_fraction = (len(skipped) - class_problems) / max(listed, 1)
             if len(index) == 0:
                 raise UserError(f"no video could be stored out of {listed} listed; see {REPORT_FILE} for each reason")
-            if bad_fraction > data.max_bad_fraction:
-                raise UserError(f"{len(skipped) - class_problems} of {listed} listed videos are bad ({bad_fraction:.1%}), more than "
-                                f"data.max_bad_fraction = {data.max_bad_fraction:.1%}; see {REPORT_FILE} for each reason")
+            check_bad_fraction("preprocess", len(skipped) - class_problems, listed, data.max_bad_fraction,
+                               "data.max_bad_fraction", len(internal), REPORT_FILE, "listed videos")
             index.to_parquet(staged / INDEX_FILE, index=False)
         commit_dir(staged, out_dir)
     except BaseException:
@@ -177,7 +199,7 @@ def preprocess(params: Params, root: Path) -> dict[str, Any]:
         raise
     print_summary("preprocess", [
         ("videos stored (train/test)", f"{report['stored_by_split']['train']}/{report['stored_by_split']['test']}"),
-        ("videos skipped", len(skipped)), ("frames", n_frames), ("wall seconds", wall),
+        ("videos skipped", len(skipped)), ("  of which internal errors (bugs)", len(internal)), ("frames", n_frames), ("wall seconds", wall),
         ("frames/s", n_frames / wall if wall else 0.0), ("store MB", total_bytes / 1e6),
         ("bytes per video-second", report["bytes_per_video_second"]), ("report", REPORT_FILE)])
     return report

@@ -72,6 +72,13 @@ __all__ = [
     "one_frame",
     "zero_frames",
     "corrupt_middle",
+    "DAMAGED_PACKET_FRAMES",
+    "damaged_packet_index",
+    "h264_damaged_nal",
+    "vp9_webm_damaged_frame",
+    "vp8_ogg_damaged_frame",
+    "ogg_damaged_page",
+    "mpeg4_avi_damaged_frame",
 ]
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -618,3 +625,108 @@ def corrupt_middle(path: PathLike, n_frames: int = 30, size=(240, 320), n_bytes:
     data[start : start + n_bytes] = garbage
     path.write_bytes(bytes(data))
     return path
+
+
+# --------------------------------------------------------------------------
+# Packet-level damage (decoder errors, not just garbled pixels)
+# --------------------------------------------------------------------------
+# corrupt_middle/truncated damage bytes of the file at random; FFmpeg's decoders conceal most of that
+# and rarely report an error.  These factories damage ONE chosen packet where the codec must reject it
+# (its header, its start code), remuxing every other packet untouched, so `packet.decode()` raises
+# av.error.InvalidDataError for that packet with FFmpeg 8 (checked in test_media_factory.py).
+# Theora: this FFmpeg build has a Theora decoder but no encoder, so the damaged-Ogg cases carry VP8.
+
+DAMAGED_PACKET_FRAMES = 30
+
+
+def damaged_packet_index(n_packets: int) -> int:
+    """The packet the damage factories break: the middle one (never the first keyframe)."""
+    return n_packets // 2
+
+
+def _remux_damaging(src: Path, dst: Path, fmt: str, damage) -> Path:
+    """Copy every packet of the video stream of `src` into a new `fmt` file at `dst`, passing the
+    middle packet's bytes through `damage(bytearray)` first."""
+    with av.open(str(src)) as inp:
+        stream = inp.streams.video[0]
+        packets = [p for p in inp.demux(stream) if p.size]
+        mid = damaged_packet_index(len(packets))
+        tmp = dst.with_name(dst.name + ".part")
+        with av.open(str(tmp), "w", format=fmt, options={"fflags": "+bitexact"}) as out:
+            ostream = out.add_stream_from_template(stream)
+            ostream.codec_context.codec_tag = stream.codec_context.codec_tag  # the AVI muxer resets XVID
+            for i, p in enumerate(packets):
+                if i == mid:
+                    data = bytearray(bytes(p))
+                    damage(data)
+                    q = av.Packet(bytes(data))
+                    q.pts, q.dts, q.time_base, q.is_keyframe = p.pts, p.dts, p.time_base, p.is_keyframe
+                    p = q
+                p.stream = ostream
+                out.mux(p)
+    os.replace(tmp, dst)
+    return dst
+
+
+def _flip(start: int, n: int):
+    def damage(data: bytearray) -> None:
+        for i in range(start, min(len(data), start + n)):
+            data[i] ^= 0xFF
+    return damage
+
+
+def _damaged(path: PathLike, codec: str, fmt: str, damage, n_frames: int, size) -> Path:
+    path = _prepare(path)
+    src = path.with_name(path.name + ".clean")
+    try:
+        write_video(src, pattern_frames(n_frames, *size), fps=25, codec=codec, container_format=fmt)
+        return _remux_damaging(src, path, fmt, damage)
+    finally:
+        src.unlink(missing_ok=True)
+
+
+def h264_damaged_nal(path: PathLike, n_frames: int = DAMAGED_PACKET_FRAMES, size=(64, 96)) -> Path:
+    """MP4/H.264 whose middle packet has bytes flipped inside its first NAL unit: the NAL header and
+    the start of the slice header, just after the 4-byte length prefix (forbidden bit set, bad type)."""
+    return _damaged(path, "libx264", "mp4", _flip(4, 4), n_frames, size)
+
+
+def vp9_webm_damaged_frame(path: PathLike, n_frames: int = DAMAGED_PACKET_FRAMES, size=(64, 96)) -> Path:
+    """WebM/VP9 whose middle frame has its first bytes (frame marker, profile, show-frame) flipped."""
+    return _damaged(path, "libvpx-vp9", "webm", _flip(0, 4), n_frames, size)
+
+
+def vp8_ogg_damaged_frame(path: PathLike, n_frames: int = DAMAGED_PACKET_FRAMES, size=(64, 96)) -> Path:
+    """Ogg/VP8 whose middle frame has its first bytes (frame tag) flipped; the pages' CRCs are valid."""
+    return _damaged(path, "libvpx", "ogg", _flip(0, 4), n_frames, size)
+
+
+def ogg_damaged_page(path: PathLike, page: int = 2, n_frames: int = DAMAGED_PACKET_FRAMES,
+                     size=(64, 96)) -> Path:
+    """Ogg/VP8 with 8 payload bytes of Ogg page number `page` flipped, so its CRC no longer matches.
+    Page 2 holds the first keyframe: every later frame fails to decode (a file to skip)."""
+    path = _prepare(path)
+    write_video(path, pattern_frames(n_frames, *size), fps=25, codec="libvpx", container_format="ogg")
+    data = bytearray(path.read_bytes())
+    starts = [i for i in range(len(data) - 3) if data[i:i + 4] == b"OggS"]
+    if page >= len(starts):
+        raise ValueError(f"the file has {len(starts)} pages, no page {page}")
+    p = starts[page]
+    payload = p + 27 + data[p + 26]  # fixed header, then one lacing byte per segment
+    _flip(payload, 8)(data)  # offsets are absolute here
+    path.write_bytes(bytes(data))
+    return path
+
+
+def mpeg4_avi_damaged_frame(path: PathLike, n_frames: int = DAMAGED_PACKET_FRAMES, size=(64, 96)) -> Path:
+    """UCF-style AVI (MPEG-4 Part 2, XVID) whose middle frame lost its VOP start code (zeroed)."""
+    path = _prepare(path)
+    src = path.with_name(path.name + ".clean")
+    try:
+        ucf_like_avi(src, n_frames=n_frames, size=size)
+
+        def zero_start_code(data: bytearray) -> None:
+            data[0:4] = b"\0\0\0\0"
+        return _remux_damaging(src, path, "avi", zero_start_code)
+    finally:
+        src.unlink(missing_ok=True)

@@ -441,3 +441,34 @@ def test_write_video_accepts_str_and_returns_path(out):
         assert c.streams.video[0].codec_context.name == "mjpeg"
     frames, _ = decode_video(p)
     assert frames.shape == (3, 16, 32, 3)
+
+
+# --------------------------------------------------------------------------
+# packet-level damage
+# --------------------------------------------------------------------------
+
+DAMAGED = [
+    (mf.h264_damaged_nal, MP4_FORMAT, "h264"),
+    (mf.vp9_webm_damaged_frame, MKV_FORMAT, "vp9"),
+    (mf.vp8_ogg_damaged_frame, "ogg", "vp8"),
+    (mf.mpeg4_avi_damaged_frame, "avi", "mpeg4"),
+]
+
+
+@pytest.mark.parametrize("factory,fmt,codec", DAMAGED, ids=[f.__name__ for f, _, _ in DAMAGED])
+def test_damaged_packet_factories_make_the_decoder_raise(out, factory, fmt, codec):
+    p = factory(out / "damaged" / f"{factory.__name__}.bin")
+    with av.open(str(p)) as c:
+        assert c.format.name == fmt and c.streams.video[0].codec_context.name == codec
+        if codec == "mpeg4":
+            assert c.streams.video[0].codec_context.codec_tag == "XVID"
+    frames, errors = tolerant_decode_count(p)
+    assert errors >= 1, "no packet-level decode error: the damage was concealed"
+    assert mf.DAMAGED_PACKET_FRAMES - errors - 2 <= frames < mf.DAMAGED_PACKET_FRAMES
+    assert md5(p) == md5(factory(out / "damaged2" / f"{factory.__name__}.bin"))  # deterministic
+
+
+def test_ogg_damaged_page_breaks_every_frame_after_its_keyframe(out):
+    p = mf.ogg_damaged_page(out / "page.ogv")
+    frames, errors = tolerant_decode_count(p)
+    assert frames == 0 and errors >= mf.DAMAGED_PACKET_FRAMES - 2

@@ -35,7 +35,14 @@ GOOD = {  # rel path -> factory
     "Beta/v_Beta_g04_c01.avi": lambda p: mf.large_4k(p, n_frames=9),
     "Beta/v_Beta_g05_c01.mp4": lambda p: mf.non25_fps(p, fps=30, n_frames=12),
     "Beta/v_Beta_g06_c01.avi": lambda p: mf.corrupt_middle(p),
+    # One packet the decoder rejects (packet.decode() raises): stored with the other frames and a warning.
+    "Beta/v_Beta_g11_c01.mp4": mf.h264_damaged_nal,
+    "Beta/v_Beta_g12_c01.webm": mf.vp9_webm_damaged_frame,
+    "Beta/v_Beta_g13_c01.ogv": mf.vp8_ogg_damaged_frame,
+    "Beta/v_Beta_g07_c01.avi": mf.mpeg4_avi_damaged_frame,
 }
+DAMAGED_PACKETS = ["Beta/v_Beta_g11_c01.mp4", "Beta/v_Beta_g12_c01.webm", "Beta/v_Beta_g13_c01.ogv",
+                   "Beta/v_Beta_g07_c01.avi"]
 BAD = {  # rel path -> (factory or None, expected reason fragment)
     "Alpha/v_Alpha_g10_c01.avi": (mf.zero_byte, "empty file"),
     "Alpha/v_Alpha_g11_c01.avi": (mf.random_bytes, "not a readable media file"),
@@ -46,6 +53,7 @@ BAD = {  # rel path -> (factory or None, expected reason fragment)
     "Alpha/v_Alpha_g16_c01.avi": (None, "missing from data.raw_dir"),
     "Alpha/v_Alpha_g17_c01.avi": ("symlink", "resolves outside data.raw_dir"),
     "Alpha/v_Alpha_g18_c01.avi": ("dir", "not a regular file"),
+    "Beta/v_Beta_g14_c01.ogv": (mf.ogg_damaged_page, "no decodable frames"),  # its keyframe's page is damaged
 }
 
 
@@ -117,6 +125,10 @@ def test_bad_inputs_are_skipped_with_reasons_and_good_ones_stored(tmp_path, data
     assert any(p.startswith("classInd.txt:") for p in reasons)
     assert on_disk["listed"] == len(GOOD) + len(BAD) + 4
     assert on_disk["stored"] == len(GOOD)
+    assert on_disk["internal_error_count"] == 0 and on_disk["internal_errors"] == []
+    notes = {d["path"]: d["note"] for d in on_disk["warnings"]}
+    for rel in DAMAGED_PACKETS:
+        assert "damaged packets skipped" in notes[rel], (rel, notes.get(rel))
 
     index = pd.read_parquet(root / "data/processed/index.parquet")
     assert list(index.columns[:len(INDEX_COLUMNS)]) == INDEX_COLUMNS
@@ -166,7 +178,7 @@ def test_too_many_bad_files_fail_without_replacing_outputs(tmp_path, dataset, ra
     previous = pfile.parent / "data/processed"
     previous.mkdir(parents=True)
     (previous / "index.parquet").write_bytes(b"earlier complete output")
-    with pytest.raises(UserError, match=r"listed videos are bad .* more than data.max_bad_fraction = 10.0%"):
+    with pytest.raises(UserError, match=r"listed videos were skipped .* more than data.max_bad_fraction = 10.0%"):
         preprocess(load_params(pfile), pfile.parent)
     assert (previous / "index.parquet").read_bytes() == b"earlier complete output"
     assert sorted(p.name for p in (pfile.parent / "data").iterdir()) == ["processed"]
@@ -227,3 +239,84 @@ def test_killed_run_leaves_nothing_that_looks_complete(tmp_path, raw_params):
                    check=True, capture_output=True, timeout=300)
     assert len(pd.read_parquet(data_dir / "processed" / "index.parquet")) == 40
     assert [p.name for p in data_dir.iterdir()] == ["processed"]
+
+
+# ------------------------------------------------------------------------------ per-item isolation
+
+class _LibrarySurprise(Exception):
+    """An exception type no code of the project knows."""
+
+
+INJECTED = {  # video -> the exception its store writer raises after 3 frames
+    "Alpha/v_Alpha_g08_c01.avi": KeyError("frame_rate"),
+    "Alpha/v_Alpha_g01_c01.mkv": ZeroDivisionError("division by zero"),
+    "Beta/v_Beta_g01_c01.avi": AssertionError("shapes differ\nsecond line of the message"),
+    "Beta/v_Beta_g02_c01.avi": _LibrarySurprise("a library surprise"),
+    "Beta/v_Beta_g05_c01.mp4": IndexError("list index out of range"),
+}
+
+
+def _faulty_process_video(entry, *args):
+    """Runs in the Ray task: for the INJECTED videos, the store writer raises mid-file."""
+    import components.data.store as store
+    from pipelines.preprocess import process_video
+
+    exc = INJECTED.get(entry.rel_path)
+    if exc is None:
+        return process_video(entry, *args)
+    original = store.FrameWriter.append
+
+    def append(self, frame):
+        if self.n_frames == 3:
+            raise exc
+        return original(self, frame)
+
+    store.FrameWriter.append = append
+    try:
+        return process_video(entry, *args)
+    finally:
+        store.FrameWriter.append = original
+
+
+def test_an_unanticipated_exception_skips_one_video_as_an_internal_error(tmp_path, dataset, raw_params, ray_local,
+                                                                        monkeypatch, capsys):
+    import sys
+
+    from ray import cloudpickle
+
+    import pipelines.preprocess as stage
+
+    raw, splits = dataset
+    # Ray ships the patched function by value (test modules are not importable in its workers).
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    monkeypatch.setattr(stage, "process_video", _faulty_process_video)
+    try:
+        pfile = _params_file(tmp_path / "run", raw, splits, raw_params)
+        report = preprocess(load_params(pfile), pfile.parent)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    reasons = {d["path"]: d["reason"] for d in report["skipped"]}
+    for rel, exc in INJECTED.items():
+        first_line = str(exc).splitlines()[0]
+        assert reasons[rel] == f"internal error: {type(exc).__name__}: {first_line}", reasons[rel]
+    assert report["stored"] == len(GOOD) - len(INJECTED)
+    assert report["internal_error_count"] == len(INJECTED)
+    assert [e["path"] for e in report["internal_errors"]] == sorted(INJECTED)
+    assert all("Traceback" in e["traceback"] and "append" in e["traceback"] for e in report["internal_errors"])
+    assert "of which internal errors (bugs) |" in capsys.readouterr().out
+    stored = pd.read_parquet(pfile.parent / "data/processed/index.parquet")
+    assert not set(stored["source"]) & set(INJECTED)
+    # The store writer's spool files of the failed videos were removed, nothing unfinished remains.
+    assert sorted(p.name for p in (pfile.parent / "data/processed/frames").iterdir()) == \
+        sorted(f"{Path(r).stem}.frames" for r in stored["source"])
+
+
+def test_bad_fraction_sentence_counts_internal_errors_apart():
+    from pipelines.common.isolation import check_bad_fraction, internal_error_reason
+
+    assert internal_error_reason(KeyError("x")) == "internal error: KeyError: 'x'"
+    assert internal_error_reason(RuntimeError("")) == "internal error: RuntimeError: (no message)"
+    check_bad_fraction("preprocess", 1, 20, 0.05, "data.max_bad_fraction", 1, "r.json")
+    with pytest.raises(UserError, match=r"^preprocess: 2 of 20 videos were skipped \(10.0%, 1 of them internal "
+                                        r"errors \(bugs: please report them\)\), more than data.max_bad_fraction"):
+        check_bad_fraction("preprocess", 2, 20, 0.05, "data.max_bad_fraction", 1, "r.json", "videos")

@@ -1,13 +1,17 @@
 """Decode/encode round trips and real-world files (containers, codecs, rotation, frame rates, sizes)."""
 
+import re
 from pathlib import Path
 
+import av
+import av.error
 import numpy as np
 import pytest
 
 import media_factory as mf
+from components.data import video as video_module
 from components.data.video import (
-    VideoDecodeError, center_crop, decode_video, encode_avi, scaled_size,
+    VideoDecodeError, VideoStream, center_crop, decode_video, encode_avi, scaled_size,
 )
 
 
@@ -144,3 +148,60 @@ def test_damaged_files_keep_decodable_frames(tmp_path: Path):
     out = decode_video(mf.corrupt_middle(tmp_path / "c.avi"), 32)
     assert 0 < len(out.frames) <= 30
     assert len(decode_video(mf.one_frame(tmp_path / "one.avi"), 32).frames) == 1
+
+
+def test_every_pyav_error_name_the_decoder_uses_exists():
+    """An `except av.error.X` naming a class PyAV lacks raises AttributeError only when an error
+    happens (PyAV 18 has no av.error.ValueError): check every name against the installed PyAV."""
+    names = set(re.findall(r"av\.error\.(\w+)", Path(video_module.__file__).read_text()))
+    assert names, "the decoder names no PyAV error class"
+    missing = sorted(n for n in names if not hasattr(av.error, n))
+    assert not missing, f"av.error lacks {missing} (PyAV {av.__version__})"
+    for cls in video_module.PACKET_DECODE_ERRORS:
+        assert issubclass(av.error.InvalidDataError, cls)
+
+
+@pytest.mark.parametrize("factory", [mf.h264_damaged_nal, mf.vp9_webm_damaged_frame, mf.vp8_ogg_damaged_frame,
+                                     mf.mpeg4_avi_damaged_frame], ids=lambda f: f.__name__)
+def test_packet_decode_errors_keep_the_good_frames_with_a_note(tmp_path: Path, factory):
+    path = factory(tmp_path / factory.__name__)
+    out = decode_video(path, 32)
+    n = mf.DAMAGED_PACKET_FRAMES
+    assert out.bad_packets >= 1 and f"{out.bad_packets} damaged packets skipped" in out.notes
+    assert n - out.bad_packets - 2 <= len(out.frames) < n
+    # Frames before the damaged packet are exactly what the undamaged file gives (decode order = display
+    # order for these low-delay encodes up to there).
+    clean = mf.write_video(tmp_path / "clean", mf.pattern_frames(n, 64, 96), fps=25,
+                           codec={"h264_damaged_nal": "libx264", "vp9_webm_damaged_frame": "libvpx-vp9",
+                                  "vp8_ogg_damaged_frame": "libvpx",
+                                  "mpeg4_avi_damaged_frame": "mpeg4"}[factory.__name__],
+                           container_format={"h264_damaged_nal": "mp4", "vp9_webm_damaged_frame": "webm",
+                                             "vp8_ogg_damaged_frame": "ogg",
+                                             "mpeg4_avi_damaged_frame": "avi"}[factory.__name__])
+    ref = decode_video(clean, 32).frames
+    good = mf.damaged_packet_index(n) - 2  # x264's B-frames reorder a couple of frames around the damage
+    np.testing.assert_array_equal(out.frames[:good], ref[:good])
+
+
+def test_a_file_whose_keyframe_page_is_damaged_is_unusable_with_a_reason(tmp_path: Path):
+    with pytest.raises(VideoDecodeError, match=r"no decodable frames \(\d+ damaged packets\)"):
+        decode_video(mf.ogg_damaged_page(tmp_path / "page.ogv"), 32)
+
+
+@pytest.mark.parametrize("fps", [10, 25, 40])
+def test_streaming_resampler_matches_the_whole_video_rule(tmp_path: Path, fps):
+    """The streaming resampler (one frame held) picks, for each tick t0 + k/fps, the latest frame whose
+    timestamp is <= the tick, up to one native period after the last frame: the rule computed here on
+    the whole list of timestamps."""
+    path = mf.vfr_mp4(tmp_path / "vfr.mp4", n_frames=12)
+    native = decode_video(path, 32).frames
+    with av.open(str(path)) as c:
+        times = np.array([float(f.time) for f in c.decode(video=0)])
+        native_fps = float(c.streams.video[0].average_rate)
+    end = times[-1] + 1.0 / native_fps
+    ticks = times[0] + np.arange(int(np.floor((end - times[0]) * fps + 1e-6))) / fps
+    expected = native[np.searchsorted(times, ticks + 1e-9, side="right") - 1]
+    with VideoStream(path, 32, fps=fps) as stream:
+        frames = np.stack(list(stream))
+    np.testing.assert_array_equal(frames, expected)
+    assert stream.fps == fps

@@ -16,9 +16,12 @@ which compresses static content well; decoding is a running sum in uint8 (wraps 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import struct
+import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import zstandard
 
-from components.io import atomic_open
+from components.io import TMP_PREFIX, atomic_open, disk_errors
 
 MAGIC = b"CTFRAME1"
 SUFFIX = ".frames"
@@ -64,37 +67,134 @@ def _encode_chunk(chunk: np.ndarray, delta: bool, compressor: zstandard.ZstdComp
     return compressor.compress(raw) if compressor is not None else raw
 
 
+def _compressor(codec: str, level: int) -> zstandard.ZstdCompressor | None:
+    if codec not in ("zstd", "none"):
+        raise ValueError(f"unknown codec {codec!r}")
+    # One thread and no content-size-dependent params: identical input gives identical bytes.
+    return zstandard.ZstdCompressor(level=level, threads=0) if codec == "zstd" else None
+
+
+def _prefix_and_header(n_frames: int, shape: tuple[int, int, int], chunk_frames: int, codec: str, level: int,
+                       temporal_delta: bool, fps: float, sizes: list[int]) -> bytes:
+    offsets, pos = [], 0
+    for size in sizes:
+        offsets.append(pos)
+        pos += size
+    h, w, ch = shape
+    header = json.dumps({
+        "n_frames": n_frames, "height": h, "width": w, "channels": ch, "chunk_frames": chunk_frames,
+        "codec": codec, "level": level, "temporal_delta": temporal_delta, "fps": float(fps),
+        "offsets": offsets, "sizes": sizes,
+    }, sort_keys=True).encode()
+    return _PREFIX.pack(MAGIC, len(header)) + header
+
+
 def encode_frames(frames: np.ndarray, fps: float, chunk_frames: int = 16, codec: str = "zstd",
                   level: int = 1, temporal_delta: bool = True) -> bytes:
     """Serialise [T, H, W, C] uint8 frames into the store format (deterministic bytes)."""
     frames = np.asarray(frames)
     if frames.dtype != np.uint8 or frames.ndim != 4 or len(frames) == 0:
         raise ValueError(f"expected non-empty uint8 [T, H, W, C] frames, got {frames.dtype} {frames.shape}")
-    if codec not in ("zstd", "none"):
-        raise ValueError(f"unknown codec {codec!r}")
-    # One thread and no content-size-dependent params: identical input gives identical bytes.
-    compressor = zstandard.ZstdCompressor(level=level, threads=0) if codec == "zstd" else None
+    compressor = _compressor(codec, level)
     chunks = [_encode_chunk(frames[i:i + chunk_frames], temporal_delta, compressor)
               for i in range(0, len(frames), chunk_frames)]
-    offsets, pos = [], 0
-    for c in chunks:
-        offsets.append(pos)
-        pos += len(c)
-    t, h, w, ch = frames.shape
-    header = json.dumps({
-        "n_frames": t, "height": h, "width": w, "channels": ch, "chunk_frames": chunk_frames,
-        "codec": codec, "level": level, "temporal_delta": temporal_delta, "fps": float(fps),
-        "offsets": offsets, "sizes": [len(c) for c in chunks],
-    }, sort_keys=True).encode()
-    return b"".join([_PREFIX.pack(MAGIC, len(header)), header, *chunks])
+    head = _prefix_and_header(len(frames), frames.shape[1:], chunk_frames, codec, level, temporal_delta, fps,
+                              [len(c) for c in chunks])
+    return b"".join([head, *chunks])
+
+
+class FrameWriter:
+    """Streams frames into a store file chunk by chunk: memory holds one chunk, whatever the video's length.
+
+    Compressed chunks go to a spool file beside `path`; `close()` writes header + payload under the final
+    name atomically (the header, with every chunk's offset, is only known at the end). The bytes equal
+    `encode_frames` of the same frames. Leaving the `with` block by an exception (or `abort()`) removes
+    everything; names of unfinished files start with components.io.TMP_PREFIX.
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, chunk_frames: int = 16, codec: str = "zstd",
+                 level: int = 1, temporal_delta: bool = True):
+        self.path, self.fps = Path(path), float(fps)
+        self.chunk_frames, self.codec, self.level, self.temporal_delta = chunk_frames, codec, level, temporal_delta
+        self._compressor = _compressor(codec, level)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with disk_errors(self.path):
+            fd, spool = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{self.path.name}.payload.", dir=self.path.parent)
+        self._spool_path = Path(spool)
+        self._spool = os.fdopen(fd, "w+b")
+        self._buf: np.ndarray | None = None
+        self._filled = 0
+        self.n_frames = 0
+        self._sizes: list[int] = []
+
+    def __enter__(self) -> "FrameWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+        elif not self._spool.closed:
+            self.close()
+
+    def append(self, frame: np.ndarray) -> None:
+        """Add one uint8 [H, W, C] frame."""
+        if self._buf is None:
+            if frame.dtype != np.uint8 or frame.ndim != 3:
+                raise ValueError(f"expected uint8 [H, W, C] frames, got {frame.dtype} {frame.shape}")
+            self._buf = np.empty((self.chunk_frames, *frame.shape), np.uint8)
+        elif frame.shape != self._buf.shape[1:]:
+            raise ValueError(f"frame {self.n_frames} has shape {frame.shape}, earlier ones {self._buf.shape[1:]}")
+        self._buf[self._filled] = frame
+        self._filled += 1
+        self.n_frames += 1
+        if self._filled == self.chunk_frames:
+            self._flush_chunk()
+
+    def extend(self, frames: np.ndarray) -> None:
+        for frame in frames:
+            self.append(frame)
+
+    def _flush_chunk(self) -> None:
+        data = _encode_chunk(self._buf[:self._filled], self.temporal_delta, self._compressor)
+        with disk_errors(self.path):
+            self._spool.write(data)
+        self._sizes.append(len(data))
+        self._filled = 0
+
+    def close(self, fps: float | None = None) -> int:
+        """Write the file under its final name (atomically); returns its size in bytes."""
+        try:
+            if self.n_frames == 0:
+                raise ValueError("no frames were appended")
+            if self._filled:
+                self._flush_chunk()
+            head = _prefix_and_header(self.n_frames, self._buf.shape[1:], self.chunk_frames, self.codec, self.level,
+                                      self.temporal_delta, self.fps if fps is None else fps, self._sizes)
+            with atomic_open(self.path, "wb") as out:
+                out.write(head)
+                self._spool.seek(0)
+                with disk_errors(self.path):
+                    shutil.copyfileobj(self._spool, out, 1 << 20)
+            return len(head) + sum(self._sizes)
+        finally:
+            self.abort()
+
+    def abort(self) -> None:
+        """Drop everything written so far (the final name is never touched)."""
+        if not self._spool.closed:
+            self._spool.close()
+        with contextlib.suppress(FileNotFoundError):
+            self._spool_path.unlink()
 
 
 def write_frames(path: str | os.PathLike, frames: np.ndarray, fps: float, **kwargs) -> int:
     """Write a store file atomically; returns its size in bytes."""
-    data = encode_frames(frames, fps, **kwargs)
-    with atomic_open(path, "wb") as f:
-        f.write(data)
-    return len(data)
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8 or frames.ndim != 4 or len(frames) == 0:
+        raise ValueError(f"expected non-empty uint8 [T, H, W, C] frames, got {frames.dtype} {frames.shape}")
+    with FrameWriter(path, fps, **kwargs) as writer:
+        writer.extend(frames)
+        return writer.close()
 
 
 class FrameFile:

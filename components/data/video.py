@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import av
 import av.logging
@@ -76,95 +77,139 @@ def _select_video_stream(container: av.container.InputContainer) -> av.video.str
     return best if best is not None else streams[0]
 
 
-def _resample_indices(times: np.ndarray, fps: float, native_fps: float) -> np.ndarray:
-    """Index of the frame shown at each tick t0 + k/fps (the latest frame with time <= tick)."""
-    end = times[-1] + 1.0 / native_fps  # the last frame is shown for one native frame period
-    n_out = max(1, int(np.floor((end - times[0]) * fps + 1e-6)))
-    ticks = times[0] + np.arange(n_out) / fps
-    return np.clip(np.searchsorted(times, ticks + 1e-9, side="right") - 1, 0, len(times) - 1)
+# Any FFmpeg error raised while decoding one packet means that packet is damaged: skip it, keep the rest.
+# (PyAV 18 maps FFmpeg's codes onto FFmpegError subclasses; naming the base catches every one of them.)
+PACKET_DECODE_ERRORS = (av.error.FFmpegError,)
+
+
+class VideoStream:
+    """A video opened for streaming decode: iterating yields square uint8 frames [S, S, 3] one at a time.
+
+    Memory stays at one frame (plus the decoder's own buffers) whatever the length of the video; after
+    the iteration, `bad_packets`, `notes`, `rotation` and the source size describe what was read.
+    fps=None keeps the native frames; a number resamples by presentation timestamps (the frame shown
+    at each tick t0 + k/fps). Opening raises VideoDecodeError for a file that is not a usable video;
+    iterating raises it when no frame decodes.
+    """
+
+    def __init__(self, path: str | os.PathLike, size: int, fps: float | None = None, threads: int = 1,
+                 max_frames: int | None = None):
+        path = Path(path)
+        if path.stat().st_size == 0:
+            raise VideoDecodeError("empty file (0 bytes)")
+        try:
+            self.container = av.open(str(path), metadata_errors="ignore")
+        except (av.error.FFmpegError, UnicodeDecodeError) as exc:
+            # strerror, not str(exc): the latter embeds the absolute path, which would make reports machine-dependent.
+            detail = getattr(exc, "strerror", None) or type(exc).__name__
+            raise VideoDecodeError(f"not a readable media file ({detail})") from None
+        try:
+            self.stream = _select_video_stream(self.container)
+        except BaseException:
+            self.container.close()
+            raise
+        self.stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+        self.stream.thread_count = threads
+        rate = self.stream.average_rate or self.stream.guessed_rate or self.stream.base_rate
+        self.native_fps = float(rate) if rate else 25.0
+        self.fps = float(fps) if fps is not None else self.native_fps  # rate of the yielded frames
+        self.size, self.resample, self.max_frames = size, fps is not None, max_frames
+        self.codec = self.stream.codec_context.name
+        self.container_format = self.container.format.name
+        self.bad_packets = 0
+        self.rotation = self.source_width = self.source_height = 0
+        self.notes: list[str] = []
+        self.decoded = 0  # frames decoded (before resampling)
+
+    def __enter__(self) -> "VideoStream":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.container.close()
+
+    def _decoded_frames(self) -> Iterator[tuple[np.ndarray, float | None]]:
+        """(frame, presentation time) in presentation order; damaged packets skipped and counted."""
+        reformatter = av.video.reformatter.VideoReformatter()
+        try:
+            for packet in self.container.demux(self.stream):
+                try:
+                    decoded = packet.decode()
+                except PACKET_DECODE_ERRORS:
+                    self.bad_packets += 1
+                    continue
+                for frame in decoded:
+                    img = resize_shorter_and_crop(frame, self.size, reformatter)
+                    rot = int(round((frame.rotation or 0) / 90.0)) % 4
+                    if rot:
+                        img = np.rot90(img, k=rot)
+                    if not self.decoded:
+                        self.rotation, self.source_width, self.source_height = rot * 90, frame.width, frame.height
+                    self.decoded += 1
+                    yield np.ascontiguousarray(img), frame.time
+                if self.max_frames is not None and self.decoded >= self.max_frames:
+                    break
+        except av.error.FFmpegError as exc:
+            # Demuxing stopped early (e.g. truncated file): keep what decoded, say so.
+            self.notes.append(f"stopped reading after {self.decoded} frames: "
+                              f"{getattr(exc, 'strerror', None) or exc}")
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        period = 1.0 / self.native_fps
+        prev: np.ndarray | None = None
+        prev_t = t0 = 0.0
+        tick = 0  # next output tick (resampling)
+        broken_at = None  # first frame whose timestamp was missing or not increasing
+        for img, t in self._decoded_frames():
+            if prev is None:
+                t = float(t) if t is not None else 0.0
+                t0 = t
+            elif broken_at is None and t is not None and float(t) <= prev_t:
+                broken_at = self.decoded - 1
+            if prev is not None:
+                # A missing timestamp: one nominal period on; from a non-increasing one on: decode order.
+                t = prev_t + period if broken_at is not None or t is None else float(t)
+                if not self.resample:
+                    yield prev
+                else:  # prev is the frame shown at every tick before t
+                    while t0 + tick / self.fps + 1e-9 < t:
+                        yield prev
+                        tick += 1
+            prev, prev_t = img, t
+        if prev is None:
+            if self.bad_packets:
+                raise VideoDecodeError(f"no decodable frames ({self.bad_packets} damaged packets)")
+            raise VideoDecodeError("video stream has no frames")
+        if not self.resample or self.decoded == 1:
+            yield prev
+        else:  # the last frame is shown for one native frame period
+            n_out = max(1, int(np.floor((prev_t + period - t0) * self.fps + 1e-6)))
+            while tick < n_out:
+                yield prev
+                tick += 1
+        if broken_at is not None and self.resample:
+            self.notes.append(f"timestamps unusable from frame {broken_at}; resampled by decode order at the "
+                              "nominal rate from there")
+        if self.bad_packets:
+            self.notes.append(f"{self.bad_packets} damaged packets skipped")
 
 
 def decode_video(path: str | os.PathLike, size: int, fps: float | None = None,
                  threads: int = 1, max_frames: int | None = None) -> DecodedVideo:
     """Decode every frame of `path` to [T, size, size, 3] uint8 (resize shorter side + centre crop).
 
-    fps=None keeps the native frames; a number resamples by presentation timestamps. Raises
+    Holds the whole video in memory: for long files stream with `VideoStream` instead (preprocess
+    does). fps=None keeps the native frames; a number resamples by presentation timestamps. Raises
     VideoDecodeError for anything that is not a usable video.
     """
-    path = Path(path)
-    if path.stat().st_size == 0:
-        raise VideoDecodeError("empty file (0 bytes)")
-    try:
-        container = av.open(str(path), metadata_errors="ignore")
-    except (av.error.FFmpegError, UnicodeDecodeError) as exc:
-        # strerror, not str(exc): the latter embeds the absolute path, which would make reports machine-dependent.
-        detail = getattr(exc, "strerror", None) or type(exc).__name__
-        raise VideoDecodeError(f"not a readable media file ({detail})") from None
-    with container:
-        stream = _select_video_stream(container)
-        stream.thread_type = "AUTO" if threads != 1 else "SLICE"
-        stream.thread_count = threads
-        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
-        native_fps = float(rate) if rate else 25.0
-        frames: list[np.ndarray] = []
-        times: list[float] = []
-        bad_packets = 0
-        rotation = 0
-        src_w = src_h = 0
-        notes: list[str] = []
-        reformatter = av.video.reformatter.VideoReformatter()
-
-        def take(frame: av.VideoFrame) -> None:
-            nonlocal rotation, src_w, src_h
-            img = resize_shorter_and_crop(frame, size, reformatter)
-            rot = int(round((frame.rotation or 0) / 90.0)) % 4
-            if rot:
-                img = np.rot90(img, k=rot)
-            if not frames:
-                rotation, src_w, src_h = rot * 90, frame.width, frame.height
-            frames.append(np.ascontiguousarray(img))
-            t = frame.time
-            times.append(float(t) if t is not None else (times[-1] + 1.0 / native_fps if times else 0.0))
-
-        try:
-            for packet in container.demux(stream):
-                try:
-                    decoded = packet.decode()
-                except (av.error.InvalidDataError, av.error.ValueError, av.error.PermissionError,
-                        av.error.UndefinedError) as _:
-                    bad_packets += 1
-                    continue
-                for frame in decoded:
-                    take(frame)
-                if max_frames is not None and len(frames) >= max_frames:
-                    break
-        except av.error.FFmpegError as exc:
-            # Demuxing stopped early (e.g. truncated file): keep what decoded, say so.
-            notes.append(f"stopped reading after {len(frames)} frames: {getattr(exc, 'strerror', None) or exc}")
-        if not frames:
-            if bad_packets:
-                raise VideoDecodeError(f"no decodable frames ({bad_packets} damaged packets)")
-            raise VideoDecodeError("video stream has no frames")
-
-        stack = np.stack(frames)
-        out_fps = native_fps
-        t = np.asarray(times)
-        if not np.all(np.diff(t) > 0):
-            # Missing or non-increasing timestamps: fall back to decode order at the nominal rate.
-            t = np.arange(len(t)) / native_fps
-            if fps is not None:
-                notes.append("timestamps unusable; resampled by decode order at the nominal rate")
-        if fps is not None and len(stack) > 1:
-            stack = stack[_resample_indices(t, fps, native_fps)]
-            out_fps = float(fps)
-        elif fps is not None:
-            out_fps = float(fps)
-        if bad_packets:
-            notes.append(f"{bad_packets} damaged packets skipped")
+    with VideoStream(path, size, fps=fps, threads=threads, max_frames=max_frames) as video:
+        stack = np.stack(list(video))
         return DecodedVideo(
-            frames=stack, fps=out_fps, source_width=src_w, source_height=src_h, rotation=rotation,
-            codec=stream.codec_context.name, container_format=container.format.name,
-            bad_packets=bad_packets, notes=notes,
+            frames=stack, fps=video.fps, source_width=video.source_width, source_height=video.source_height,
+            rotation=video.rotation, codec=video.codec, container_format=video.container_format,
+            bad_packets=video.bad_packets, notes=video.notes,
         )
 
 

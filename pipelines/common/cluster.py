@@ -79,23 +79,36 @@ def run_tasks(remote_fn: Any, args: Sequence[tuple], max_in_flight: int, desc: s
               on_result: Callable[[int, Any], None] | None = None) -> list[Any]:
     """Run `remote_fn.remote(*a)` for every `a` with at most `max_in_flight` pending; results in input order.
 
-    Shows a progress bar with rate and ETA; raises the first task error.
+    Shows a progress bar with rate and ETA. A task killed with its worker is retried by Ray (tasks'
+    default max_retries). The first task error is raised after the tasks still running are cancelled
+    (so none keeps writing into a folder the caller is about to remove); a UserError raised inside a
+    task comes out as itself (its one sentence), not wrapped in Ray's remote traceback.
     """
     results: list[Any] = [None] * len(args)
     pending: dict[Any, int] = {}
     next_i = 0
-    with tqdm(total=len(args), desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5) as bar:
-        while next_i < len(args) or pending:
-            while next_i < len(args) and len(pending) < max_in_flight:
-                pending[remote_fn.remote(*args[next_i])] = next_i
-                next_i += 1
-            done, _ = ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                i = pending.pop(ref)
-                results[i] = ray.get(ref)
-                if on_result is not None:
-                    on_result(i, results[i])
-                bar.update(1)
+    try:
+        with tqdm(total=len(args), desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5) as bar:
+            while next_i < len(args) or pending:
+                while next_i < len(args) and len(pending) < max_in_flight:
+                    pending[remote_fn.remote(*args[next_i])] = next_i
+                    next_i += 1
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    i = pending.pop(ref)
+                    results[i] = ray.get(ref)
+                    if on_result is not None:
+                        on_result(i, results[i])
+                    bar.update(1)
+    except BaseException as exc:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+        if pending:
+            ray.wait(list(pending), num_returns=len(pending), timeout=30)
+        cause = getattr(exc, "cause", None)
+        if isinstance(exc, ray.exceptions.RayTaskError) and isinstance(cause, UserError):
+            raise cause from None
+        raise
     return results
 
 
