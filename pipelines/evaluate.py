@@ -39,7 +39,6 @@ log = logging.getLogger("evaluate")
 METRICS_OUT = "metrics/evaluate.json"
 PLOTS_DIR = "plots/evaluate"
 REPORTS_DIR = "reports/evaluate"
-DETECTOR_ASSETS = {"styleganv": "i3d_torchscript", "videogpt": "i3d_pretrained_400"}
 SHEET_VIDEOS = 4  # generated videos and real/recon pairs shown on the contact sheet
 
 
@@ -165,6 +164,14 @@ class EvalWorker:
         feats = self.detector.features(videos).numpy()
         return {"features": feats, "seconds": time.perf_counter() - start}
 
+    def noise_features(self, indices: list[int], shape: tuple[int, int, int]) -> dict[str, Any]:
+        """Detector features of uniform-noise videos (the FVD yardstick's ceiling); video i from (seed, i)."""
+        start = time.perf_counter()
+        videos = np.stack([np.random.default_rng([self.spec["seed"], 1, i]).integers(0, 256, (*shape, 3), np.uint8)
+                           for i in indices])
+        feats = self.detector.features(videos).numpy()
+        return {"features": feats, "seconds": time.perf_counter() - start}
+
     def real_features(self, items: list[tuple[str, int, int]], which: str) -> dict[str, Any]:
         """Detector features of real clips (frames_path, start, length) read from the frame store."""
         from components.data.store import FrameFile
@@ -228,8 +235,10 @@ def _check_inputs(params: Params, root: Path) -> dict[str, Any]:
             "tokens": arch.num_tokens, "sit_arch": dict(sit.config["arch"]), "sit_step": None}
 
 
-def _resolve_weights(params: Params) -> tuple[dict[str, bool], Path | None]:
-    """Resolve detector and LPIPS assets (one clear error when missing); stand-in flag per asset group."""
+def _resolve_weights(params: Params) -> tuple[dict[str, dict[str, Any]], Path | None]:
+    """Resolve detector and LPIPS assets (one clear error when missing): per metric group, which weights and
+    whether they are real (a real file anywhere wins over a stand-in; see components.weights)."""
+    from components.metrics.i3d import DETECTOR_ASSETS
     from components.metrics.lpips import BACKBONES
     from components.weights import resolve, weights_dir
 
@@ -237,7 +246,9 @@ def _resolve_weights(params: Params) -> tuple[dict[str, bool], Path | None]:
     wdir = weights_dir(params.weights.dir)
     det = resolve(DETECTOR_ASSETS[ev.fvd_detector], wdir, params.weights.allow_download)
     lp = [resolve(name, wdir, params.weights.allow_download) for name in BACKBONES[ev.lpips_backbone]]
-    return {"detector": det.standin, "lpips": any(r.standin for r in lp)}, wdir
+    return {"fvd": {"detector": ev.fvd_detector, "assets": det.label, "real": not det.standin},
+            "lpips": {"backbone": ev.lpips_backbone, "assets": ", ".join(r.label for r in lp),
+                      "real": not any(r.standin for r in lp)}}, wdir
 
 
 def _start_actors(params: Params, resources: dict[str, float], spec: dict[str, Any], work: int) -> list:
@@ -315,11 +326,13 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
 
     ev, data = params.evaluate, params.data
     inputs = _check_inputs(params, root)
-    standin_by, wdir = _resolve_weights(params)  # before any compute: a missing asset is one clear error
+    used, wdir = _resolve_weights(params)  # before any compute: a missing asset is one clear error
+    standin_by = {"detector": not used["fvd"]["real"], "lpips": not used["lpips"]["real"]}
     standin = any(standin_by.values())
     if standin:
-        log.warning("evaluate uses STAND-IN weights (%s): its LPIPS/FVD numbers are not meaningful",
-                    ", ".join(k for k, v in standin_by.items() if v))
+        log.warning("evaluate uses STAND-IN weights (%s): those numbers are not meaningful",
+                    ", ".join({"detector": "FVD detector: FVD/rFVD", "lpips": "LPIPS backbone: LPIPS"}[k]
+                              for k, v in standin_by.items() if v))
     processed = inputs["processed"]
     full = ev.fvd_full_length
     clip = ev.fvd_clip_frames
@@ -350,6 +363,10 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
                                       for i, s in part], which))
                   for which, plan in plans.items() for part in _chunks(plan, ev.batch_size)]
 
+    # The yardstick's ceiling: uniform-noise videos of the generated set's size and shape (full length).
+    noise_calls = [("noise_features", (b, (data.num_frames, data.img_size, data.img_size))) for b in gen_batches] \
+        if full else []
+
     suffix = f"{params.tokenizer.preset} n={ev.num_videos} {ev.sampler}{ev.sampling_steps} det={ev.fvd_detector}"
     with stage_run(params, root, "evaluate", suffix, standin=standin):
         import mlflow
@@ -364,6 +381,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
                                 "generate")
             probe = ray.get(actors[0].probe.remote())
             real_res = _run_pool(actors, real_calls, "real features")
+            noise_res = _run_pool(actors, noise_calls, "noise features") if noise_calls else []
             n_actors = len(actors)
             for a in actors:
                 ray.kill(a)
@@ -382,8 +400,22 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
         fvd = {k: fvd_of(gen_feats[k], real_feats[k]) for k in plans}
         gen_s = sum(g["gen_s"] for g in gen_res)
         gen_feat_s = sum(g["feature_s"] for g in gen_res) + sum(r["seconds"] for r in real_res) \
-            + sum(r["feature_s"] for r in recon_res)
-        feat_videos = ev.num_videos * len(plans) + sum(len(p) for p in plans.values()) + 2 * rec["videos"]
+            + sum(r["feature_s"] for r in recon_res) + sum(r["seconds"] for r in noise_res)
+        feat_videos = ev.num_videos * len(plans) + sum(len(p) for p in plans.values()) + 2 * rec["videos"] \
+            + ev.num_videos * bool(noise_res)
+        # ---- yardstick: every set against the same real training clips, same length, same detector
+        yardstick = None
+        if full:
+            train_full = real_feats["full"]
+            yardstick = {
+                "frames": data.num_frames, "reference": f"{len(plans['full'])} real training clips",
+                "fvd_real_test_vs_train": fvd_of([r["real"] for r in recon_res], train_full),
+                "fvd_recon_vs_train": fvd_of([r["recon"] for r in recon_res], train_full),
+                "fvd_samples_vs_train": fvd.get("full"),
+                "fvd_noise_vs_train": fvd_of([r["features"] for r in noise_res], train_full),
+                "sizes": {"real_test": rec["videos"], "recon": rec["videos"], "samples": ev.num_videos,
+                          "noise": ev.num_videos, "train": len(plans["full"])},
+                "detector": ev.fvd_detector, "detector_real": used["fvd"]["real"]}
         per_batch = [g["gen_s"] / len(g["indices"]) for g in gen_res]
         samples = np.concatenate([g["samples"] for g in gen_res])[:max(ev.grid_videos, SHEET_VIDEOS)]
         real_s = np.concatenate([r["samples"][0] for r in recon_res])[:SHEET_VIDEOS]
@@ -392,13 +424,15 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
         metrics = {
             "detector": ev.fvd_detector, "standin_weights": standin,
             "standin": {"detector": standin_by["detector"], "lpips": standin_by["lpips"]},
+            "weights": used,  # per metric group: which detector / backbone and whether it is real
             "data": {"img_size": data.img_size, "num_frames": data.num_frames},
             "tokenizer": {"preset": params.tokenizer.preset, "tokens": inputs["tokens"]},
-            "reconstruction": {**rec, "lpips_backbone": ev.lpips_backbone, "rfvd_detector": ev.fvd_detector,
+            "reconstruction": {**rec, "lpips_backbone": ev.lpips_backbone, "lpips_real": used["lpips"]["real"],
+                               "rfvd_detector": ev.fvd_detector, "rfvd_detector_real": used["fvd"]["real"],
                                "rfvd_frames": data.num_frames, "standin_weights": standin},
             "generation": {
                 "videos": ev.num_videos, "real_videos": ev.real_videos, "detector": ev.fvd_detector,
-                "standin_weights": standin_by["detector"], "sampler": ev.sampler, "steps": ev.sampling_steps,
+                "detector_real": used["fvd"]["real"], "standin_weights": standin_by["detector"], "sampler": ev.sampler, "steps": ev.sampling_steps,
                 "cfg_scale": ev.cfg_scale, "use_ema": ev.use_ema,
                 "clip_frames": clip, "fvd_clip": fvd.get("clip"), "full_frames": data.num_frames if full else None,
                 "fvd_full": fvd.get("full"), "batch_size": ev.batch_size,
@@ -410,6 +444,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
             },
             "dynamics": {"videos": len(dyn), "pearson_r": r_value, "score": "mean_abs_frame_difference",
                          "dynamics_mean": float(dyn.mean()), "psnr_mean": float(per_psnr.mean())},
+            "yardstick": yardstick,
             "throughput": {"actors": n_actors, "sampling_videos_per_s": ev.num_videos / gen_s * n_actors,
                            "feature_videos_per_s": feat_videos / gen_feat_s * n_actors, "wall_seconds": wall},
         }
@@ -440,15 +475,25 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
         mlflow.log_artifact(str(root / METRICS_OUT))
         mlflow.log_artifact(str(root / PLOTS_DIR / "dynamics.csv"), "plots")
         mlflow.log_artifacts(str(root / REPORTS_DIR), "reports/evaluate")
-        mlflow.set_tag("evaluate.detector", ev.fvd_detector)
-    g = metrics["generation"]
+        mlflow.set_tags({"evaluate.detector": ev.fvd_detector, "evaluate.detector.weights": used["fvd"]["assets"],
+                         "evaluate.detector.real": str(used["fvd"]["real"]).lower(),
+                         "evaluate.lpips.weights": used["lpips"]["assets"],
+                         "evaluate.lpips.real": str(used["lpips"]["real"]).lower()})
+    g, y = metrics["generation"], metrics["yardstick"]
+    yard_rows = [] if y is None else [
+        (f"yardstick FVD-{y['frames']} vs train: real test (floor)", y["fvd_real_test_vs_train"]),
+        ("yardstick: reconstructions", y["fvd_recon_vs_train"]), ("yardstick: SiT samples", y["fvd_samples_vs_train"]),
+        ("yardstick: noise (ceiling)", y["fvd_noise_vs_train"])]
     print_summary("evaluate", [
-        ("stand-in weights", "yes" if standin else "no"), ("detector", ev.fvd_detector),
+        ("stand-in weights", "yes" if standin else "no"),
+        ("FVD detector", f"{ev.fvd_detector}: {used['fvd']['assets']}"),
+        ("LPIPS weights", f"{ev.lpips_backbone}: {used['lpips']['assets']}"),
         (f"recon PSNR / SSIM ({rec['videos']} videos)", f"{rec['psnr']:.2f} / {rec['ssim']:.3f}"),
         (f"recon LPIPS ({ev.lpips_backbone})", metrics["reconstruction"]["lpips"]),
         ("rFVD", metrics["reconstruction"]["rfvd"]),
         (f"FVD-{clip}" if clip else "FVD (clip)", g["fvd_clip"] if g["fvd_clip"] is not None else "-"),
         (f"FVD-{data.num_frames}", g["fvd_full"] if g["fvd_full"] is not None else "-"),
+        *yard_rows,
         ("s / video (batch 1)", g["single_video_seconds"]),
         (f"peak memory MB ({g['memory_kind']})", g["single_video_peak_memory_mb"]),
         ("dynamics Pearson r", metrics["dynamics"]["pearson_r"] if metrics["dynamics"]["pearson_r"] is not None else "-"),

