@@ -29,6 +29,7 @@ import pandas as pd
 
 from components.config import Params, resolve_path
 from components.errors import UserError
+from pipelines.common import console
 from pipelines.common.cli import main_for, quiet_third_party
 from pipelines.common.report import print_summary
 from pipelines.common.tracking import stage_run
@@ -268,11 +269,10 @@ def _start_actors(params: Params, resources: dict[str, float], spec: dict[str, A
 def _run_pool(actors: list, calls: list[tuple[str, tuple]], desc: str) -> list[Any]:
     """Spread method calls over the actors (each busy actor gets the next call when it finishes)."""
     import ray
-    from tqdm import tqdm
 
     results: list[Any] = [None] * len(calls)
     idle, pending, nxt = list(actors), {}, 0
-    with tqdm(total=len(calls), desc=desc, unit="batch", dynamic_ncols=True, mininterval=0.5) as bar:
+    with console.progress_bar(total=len(calls), desc=desc, unit="batch") as bar:
         while nxt < len(calls) or pending:
             while idle and nxt < len(calls):
                 actor = idle.pop()

@@ -47,6 +47,7 @@ from components.sweep import (
     validate_search_space,
     within_budget,
 )
+from pipelines.common import console
 from pipelines.common.cli import main_for, quiet_third_party
 from pipelines.common.report import print_summary
 from pipelines.common.tracking import (
@@ -434,7 +435,6 @@ def sweep(params: Params, root: Path) -> dict[str, Any]:
     import optuna
     import ray
     from optuna.trial import TrialState
-    from tqdm import tqdm
 
     from pipelines.common.cluster import ray_cluster
 
@@ -504,8 +504,8 @@ def sweep(params: Params, root: Path) -> dict[str, Any]:
             followers: dict[tuple, list[Any]] = {}  # proposals equal to a running trial, waiting for its result
             enumerable = not isinstance(sw.sampling_ratio, RatioRange)
             deadline = None if sw.timeout is None else started + sw.timeout
-            bar = tqdm(total=sw.n_trials, initial=min(counted, sw.n_trials), desc="sweep trials", unit="trial",
-                       dynamic_ncols=True)
+            bar = console.progress_bar(total=sw.n_trials, initial=min(counted, sw.n_trials), desc="sweep trials",
+                                       unit="trial")
 
             def may_launch() -> bool:
                 if counted + len(pending) >= sw.n_trials or len(pending) >= in_flight:

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import ray
-from tqdm import tqdm
 
 from components.config import RayParams
 from components.errors import UserError
+from pipelines.common import console
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +49,15 @@ def _probe(address: str, timeout: float = 5.0) -> None:
 def ray_cluster(cfg: RayParams) -> Iterator[dict[str, float]]:
     """Connect (or start a local cluster) for the duration of a stage; yields cluster resources."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # worker lines land in a log file: no colour codes
     if ray.is_initialized():  # already connected (e.g. a test or a notebook): reuse, don't tear down
-        yield ray.cluster_resources()
+        with _worker_output_to_console():
+            yield ray.cluster_resources()
         return
     address = resolve_address(cfg)
-    common: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    # Worker output is forwarded to this driver, whose stdout/stderr are the stage's log file while a
+    # stage runs (console.stage_console); marked lines reach the console (console.on_worker_output).
+    common: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.INFO, log_to_driver=True)
     if address is None:
         ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), num_gpus=cfg.num_gpus,
                  object_store_memory=cfg.object_store_memory_mb * 1024 * 1024, **common)
@@ -70,9 +74,26 @@ def ray_cluster(cfg: RayParams) -> Iterator[dict[str, float]]:
                 "auth), or set ray.address: null for a local cluster"
             ) from None
     try:
-        yield ray.cluster_resources()
+        with _worker_output_to_console():
+            yield ray.cluster_resources()
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _worker_output_to_console() -> Iterator[None]:
+    """Let marked worker lines (progress, notes) reach the console; Ray's own printer sends every
+    line to the driver's stdout/stderr (the stage's log file)."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:  # a Ray without the hook: notes and progress stay in the log
+        yield
+        return
+    dispatcher.add_handler("coordtok_console", console.on_worker_output)
+    try:
+        yield
+    finally:
+        dispatcher.remove_handler("coordtok_console")
 
 
 def run_tasks(remote_fn: Any, args: Sequence[tuple], max_in_flight: int, desc: str, unit: str = "it",
@@ -88,7 +109,7 @@ def run_tasks(remote_fn: Any, args: Sequence[tuple], max_in_flight: int, desc: s
     pending: dict[Any, int] = {}
     next_i = 0
     try:
-        with tqdm(total=len(args), desc=desc, unit=unit, dynamic_ncols=True, mininterval=0.5) as bar:
+        with console.progress_bar(total=len(args), desc=desc, unit=unit) as bar:
             while next_i < len(args) or pending:
                 while next_i < len(args) and len(pending) < max_in_flight:
                     pending[remote_fn.remote(*args[next_i])] = next_i
@@ -110,6 +131,26 @@ def run_tasks(remote_fn: Any, args: Sequence[tuple], max_in_flight: int, desc: s
             raise cause from None
         raise
     return results
+
+
+def size_threads(cpus: float | None = None) -> int:
+    """Size torch's and OpenMP's thread pools to the CPUs Ray granted this worker, actor or task
+    (`cpus`, else Ray's assigned resources; at least 1). Returns the thread count.
+
+    torch otherwise keeps the pool it sized at import, from OMP_NUM_THREADS of the process that first
+    imported it, whatever this task was granted; more threads than CPUs granted make every parallel
+    region wait for a thread that shares its core."""
+    import torch
+
+    if cpus is None:
+        try:
+            cpus = ray.get_runtime_context().get_assigned_resources().get("CPU")
+        except Exception:  # not inside Ray
+            cpus = None
+    n = max(1, int(cpus or 1))
+    torch.set_num_threads(n)
+    os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(n)  # libraries loaded later
+    return n
 
 
 def default_parallelism(resources: dict[str, float], cpus_per_task: float, max_in_flight: int | None) -> int:

@@ -1,8 +1,11 @@
-"""End-of-stage summary: one plain table on stdout."""
+"""End-of-stage summary: one plain table on the console (it names the stage's log file when there is one)."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+from pipelines.common import console
 
 
 def print_summary(title: str, rows: list[tuple[str, Any]]) -> None:
@@ -11,13 +14,12 @@ def print_summary(title: str, rows: list[tuple[str, Any]]) -> None:
             return "yes" if v else "no"
         return f"{v:,.2f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int) else str(v)
 
+    log = console.log_path()
+    if log is not None:
+        rows = [*rows, ("log", os.path.relpath(log) if log.is_relative_to(os.getcwd()) else str(log))]
     cells = [(str(k), fmt(v)) for k, v in rows]
     kw = max(len(k) for k, _ in cells)
     vw = max(len(v) for _, v in cells)
     line = "+" + "-" * (kw + 2) + "+" + "-" * (vw + 2) + "+"
-    print(line)
-    print(f"| {title:<{kw + vw + 3}} |")
-    print(line)
-    for k, v in cells:
-        print(f"| {k:<{kw}} | {v:>{vw}} |")
-    print(line, flush=True)
+    text = [line, f"| {title:<{kw + vw + 3}} |", line, *(f"| {k:<{kw}} | {v:>{vw}} |" for k, v in cells), line]
+    console.say("\n".join(text))

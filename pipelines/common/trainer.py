@@ -75,8 +75,10 @@ def latest_intact_state(run_dir: Path, reported) -> dict[str, Any] | None:
     """The newest checkpoint that passes its checksum; damaged ones are skipped with a warning."""
     from components.tokenizer.training import DamagedCheckpoint, checkpoint_step, load_state
 
-    def warn(exc: Exception) -> None:  # print: worker stdout reaches the driver's console
-        print(f"warning: skipping damaged checkpoint: {exc}", flush=True)
+    def warn(exc: Exception) -> None:  # a marked line: the driver shows it on the console
+        from pipelines.common.console import worker_note
+
+        worker_note(f"warning: skipping damaged checkpoint: {exc}")
 
     if reported is not None:
         with reported.as_directory() as d:
@@ -107,7 +109,9 @@ class TrainWorker:
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.cfg, self.config = cfg, config
-        torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+        from pipelines.common.cluster import size_threads
+
+        size_threads(cfg.cpus_per_worker)
         torch.use_deterministic_algorithms(True, warn_only=True)
         self.device = ray.train.torch.get_device()
         self.amp = autocast_dtype(cfg.precision, self.device)
@@ -143,7 +147,9 @@ class TrainWorker:
         load(state)
         self.history = list(state["history"])
         if self.is_main:
-            print(f"resuming from step {int(state['step'])}", flush=True)
+            from pipelines.common.console import worker_note
+
+            worker_note(f"resuming from step {int(state['step'])}")
         return int(state["step"])
 
     def count(self, samples: int) -> None:
@@ -183,6 +189,9 @@ class TrainWorker:
                     self.metrics.flush()
                 if on_log is not None:
                     on_log(logged)
+                from pipelines.common.console import worker_progress
+
+                worker_progress(done, logged)  # the driver's progress bar
         metrics = dict(row)
         if done % cfg.checkpoint_every == 0 or done == cfg.steps:
             import tempfile
@@ -233,7 +242,10 @@ def fit(params: Params, cfg: TrainingParams, loop: Callable[[dict[str, Any]], An
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
                 failure_config=ray.train.FailureConfig(max_failures=2)),
         )
-        result = trainer.fit()
+        from pipelines.common.console import training_bar
+
+        with training_bar(cfg.steps, name.rsplit("-", 1)[0]):
+            result = trainer.fit()
     if result.error is not None:
         raise result.error
     with result.checkpoint.as_directory() as d:
