@@ -92,7 +92,7 @@ def run_stage(stage: str, fn: StageFn, argv: list[str] | None = None) -> int:
                         console.err())
             return 130
         except Exception as exc:  # a bug: the traceback goes to the log, one sentence to the user
-            logging.getLogger(stage).exception("%s failed", stage)
+            logging.getLogger(stage).exception("%s failed", stage, extra={"console": False})
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             console.say(f"error: {stage} failed ({type(exc).__name__}{': ' + first if first else ''}); "
                         f"the traceback is in {shown}", console.err())

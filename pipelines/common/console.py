@@ -157,7 +157,8 @@ class _ProjectWarnings(logging.Filter):
     """WARNING and above from the project's own code, each distinct message once."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno < logging.WARNING or not record.pathname.startswith(PROJECT_DIRS):
+        if record.levelno < logging.WARNING or not record.pathname.startswith(PROJECT_DIRS) \
+                or not getattr(record, "console", True):  # extra={"console": False}: the log only
             return False
         message = record.getMessage()
         if message in _state.shown:
@@ -185,6 +186,12 @@ def _console_stream(stream: TextIO, fd: int) -> TextIO:
                      errors="replace")
 
 
+def _all_handlers() -> list[logging.Handler]:
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values()
+                                       if isinstance(lg, logging.Logger)]
+    return [h for lg in loggers for h in lg.handlers]
+
+
 @contextlib.contextmanager
 def stage_console(stage: str, path: Path) -> Iterator[Path]:
     """Route everything but the project's console output to `path` (overwritten) while the stage runs."""
@@ -205,6 +212,12 @@ def stage_console(stage: str, path: Path) -> Iterator[Path]:
     to_console = _ConsoleHandler(console_err)
     to_console.addFilter(_ProjectWarnings())
     to_console.setFormatter(logging.Formatter("warning: %(message)s"))
+    # Handlers that libraries (Ray) attached to the terminal streams at import: into the log too.
+    terminal = {id(s) for s in (*saved_std, sys.__stdout__, sys.__stderr__) if s is not None}
+    moved = [(h, h.stream) for h in _all_handlers() if isinstance(h, logging.StreamHandler)
+             and not isinstance(h, logging.FileHandler) and id(getattr(h, "stream", None)) in terminal]
+    for handler, _ in moved:
+        handler.setStream(log_file)
     root.addHandler(to_file)
     root.addHandler(to_console)
     root.setLevel(logging.INFO)
@@ -216,6 +229,8 @@ def stage_console(stage: str, path: Path) -> Iterator[Path]:
         logging.captureWarnings(False)
         root.removeHandler(to_file)
         root.removeHandler(to_console)
+        for handler, stream in moved:
+            handler.setStream(stream)
         root.setLevel(saved_level)
         for s in (sys.stdout, sys.stderr):
             s.flush()

@@ -1,0 +1,144 @@
+"""The console contract of a stage (pipelines/common/console.py): the terminal gets the start line, one
+progress bar, the warnings that matter (once), the summary and one-sentence errors; Ray's, third-party
+and child-process output goes to logs/<stage>.log."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.errors import UserError
+from pipelines.common import console
+from pipelines.common.cli import run_stage
+from pipelines.common.report import print_summary
+
+# A Python warning raised from the project's own code, as Python prints it (path:line: Category: ...).
+PROJECT_WARNING = re.compile(r"/(components|pipelines|dashboards)/[\w/]+\.py:\d+: \w*Warning")
+
+
+def console_lines(text: str) -> list[str]:
+    """Newline-terminated lines as a terminal leaves them: progress-bar redraws (\\r) collapse to the last."""
+    return [line.rsplit("\r", 1)[-1] for line in text.split("\n")[:-1] if line.rsplit("\r", 1)[-1].strip()]
+
+
+def _chatty_stage(params, root):
+    """Everything a stage's dependencies do behind its back, and one warning of the project's own."""
+    from mlflow.tracking import MlflowClient
+
+    from pipelines.common.tracking import MetricsBuffer
+
+    logging.getLogger("ray.train").warning("PlacementGroupCleaner: Failed to query Ray Train Controller actor state")
+    logging.getLogger("ray.train").info("Reporting training result 1: TrainingReport(...)")
+    print("a third-party print")
+    os.write(2, b"a C-level write to stderr\n")
+    subprocess.run([sys.executable, "-c", "import sys; print('a child process'); print('child err', file=sys.stderr)"],
+                   check=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn_explicit("a library's warning", UserWarning, "somelib.py", 1, module="somelib")
+    # A real MLflow failure: logging to a run that does not exist warns from pipelines/common/tracking.py.
+    client = MlflowClient(f"sqlite:///{root / 'mlruns.db'}")
+    for _ in range(2):  # the same warning twice: shown once
+        buf = MetricsBuffer(client, "0" * 32, backoff_s=0.0)
+        buf.add({"loss": 1.0}, step=1)
+        buf.flush()
+    print_summary("chatty", [("answer", 42), ("model", "models/x.pt")])
+
+
+def test_stage_console_shows_only_the_contract(tiny_params_file, capfd):
+    assert run_stage("synthesize", _chatty_stage, ["--params", str(tiny_params_file)]) == 0
+    cap = capfd.readouterr()
+    out, err = console_lines(cap.out), console_lines(cap.err)
+    assert out[0].startswith("synthesize: num_classes=2 groups=8 seed=0 on local Ray cluster (2 CPUs); log: ")
+    assert out[0].endswith("logs/synthesize.log")
+    assert "| answer" in cap.out and re.search(r"\| log +\| +\S*logs/synthesize.log \|", cap.out)
+    assert [line for line in err if line.startswith("warning: MLflow logging failed")] and len(err) == 1, err
+    for chatter in ("PlacementGroupCleaner", "Reporting training result", "third-party print", "C-level",
+                    "child process", "child err", "library's warning"):
+        assert chatter not in cap.out + cap.err
+    log = (tiny_params_file.parent / "logs" / "synthesize.log").read_text()
+    for chatter in ("PlacementGroupCleaner", "Reporting training result", "third-party print", "C-level",
+                    "child process", "child err", "library's warning", "MLflow logging failed"):
+        assert chatter in log, chatter
+    # the descriptors are back: output after the stage reaches the caller again
+    os.write(1, b"after the stage\n")
+    assert "after the stage" in capfd.readouterr().out
+
+
+def test_user_error_is_one_sentence_naming_the_log(tiny_params_file, capfd):
+    def bad(params, root):
+        logging.getLogger("ray").warning("noise before the error")
+        raise UserError("data.raw_dir does not exist")
+
+    assert run_stage("preprocess", bad, ["--params", str(tiny_params_file)]) == 2
+    err = console_lines(capfd.readouterr().err)
+    assert err == ["error: data.raw_dir does not exist (log: " + err[0].split("(log: ")[1]]
+    assert err[0].endswith("logs/preprocess.log)")
+
+
+def test_a_bug_is_one_sentence_and_the_traceback_is_in_the_log(tiny_params_file, capfd):
+    def buggy(params, root):
+        raise ValueError("boom\nsecond line")
+
+    assert run_stage("dashboard", buggy, ["--params", str(tiny_params_file)]) == 1
+    cap = capfd.readouterr()
+    err = console_lines(cap.err)
+    assert len(err) == 1 and err[0].startswith("error: dashboard failed (ValueError: boom); the traceback is in ")
+    assert "Traceback" not in cap.out + cap.err
+    log = (tiny_params_file.parent / "logs" / "dashboard.log").read_text()
+    assert "Traceback (most recent call last)" in log and "ValueError: boom" in log
+
+
+def test_marked_worker_lines_drive_the_bar_and_notes(tmp_path, capfd):
+    """The lines Ray forwards from workers (the dict Ray's log thread hands its handlers)."""
+    with console.stage_console("pretrain", tmp_path / "logs" / "pretrain.log"):
+        with console.training_bar(10, "pretrain") as bar:
+            lines = [console.PROGRESS_MARK + '{"step": 4, "loss": 0.5, "lr": 0.001}',
+                     "Reporting training result 1: TrainingReport(...)",
+                     console.PROGRESS_MARK + '{"step": 5, "loss": 0.25, "test_psnr": 21.5}',
+                     console.NOTE_MARK + "resuming from step 3",
+                     console.NOTE_MARK + "resuming from step 3",
+                     console.PROGRESS_MARK + "{not json"]
+            console.on_worker_output({"lines": lines, "pid": 1, "is_err": False})
+            assert bar.n == 5 and bar.postfix == "loss=0.25 test_psnr=21.5"
+            console.on_worker_output({"lines": [console.PROGRESS_MARK + '{"step": 6, "loss": 0.2}']})
+            assert bar.n == 6 and bar.postfix == "loss=0.2 test_psnr=21.5"  # the last eval figure stays
+    err = console_lines(capfd.readouterr().err)
+    assert [line for line in err if "resuming" in line] == ["resuming from step 3"]
+    assert not [line for line in err if "Reporting" in line]
+
+
+@pytest.mark.slow
+def test_pretrain_cli_console_is_short_and_ray_output_is_in_the_log(tmp_path, processed):
+    """A real pretrain run (Ray Train, MLflow) as `python -m pipelines.pretrain`: at most ~15 console
+    lines, no Ray Train chatter or project warnings on the console; the log holds Ray's output."""
+    raw = yaml.safe_load((processed / "params.yaml").read_text())
+    raw["pretrain"].update(steps=4, batch_size=2, eval_every=4, eval_videos=2, checkpoint_every=2, log_every=1,
+                           warmup_steps=1, cpus_per_worker=1.0, storage_path=str(tmp_path / "ray_results"))
+    raw["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    (tmp_path / "data").symlink_to(processed / "data")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw))
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    proc = subprocess.run([sys.executable, "-m", "pipelines.pretrain", "--params", "params.yaml"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=900)
+    log = (tmp_path / "logs" / "pretrain.log").read_text()
+    assert proc.returncode == 0, proc.stderr[-2000:] + log[-3000:]
+    shown = console_lines(proc.stdout) + console_lines(proc.stderr)
+    assert len(shown) <= 15, shown
+    assert shown[0].startswith("pretrain: preset=CoordTok-tiny steps=4") and "log: logs/pretrain.log" in shown[0]
+    bar = [line for line in shown if line.startswith("pretrain: 100%")]
+    assert bar and "loss=" in bar[-1] and "test_psnr=" in bar[-1] and re.search(r"step/s|s/step", bar[-1])
+    console_text = proc.stdout + proc.stderr
+    for chatter in ("Reporting training result", "PlacementGroupCleaner", "RayTrainWorker", "TrainController"):
+        assert chatter not in console_text
+    assert not PROJECT_WARNING.search(console_text) and not PROJECT_WARNING.search(log)
+    assert "RayTrainWorker" in log and "Reporting training result" in log  # Ray's output, in full, here
+    assert "| log" in proc.stdout and "logs/pretrain.log" in proc.stdout
