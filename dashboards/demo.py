@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +103,9 @@ def write_demo_store(folder: str | os.PathLike, with_sweep: bool = True, with_me
         parent = run("sweep", "trials=8", {}, {"sweep.n_trials": "8"})
         study = optuna.create_study(study_name="coordtok-sweep", storage=sweep_uri,
                                     directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
-        study.set_metric_names(["test_psnr", "seconds_per_step"])
+        with warnings.catch_warnings():  # a deliberate use of an experimental Optuna API (as the sweep stage)
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names(["test_psnr", "seconds_per_step"])
         for _ in range(8):
             trial = study.ask()
             ratio = trial.suggest_float("sampling_ratio", 0.03, 0.5, log=True)

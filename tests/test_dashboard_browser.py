@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from components.paper import RECONSTRUCTION
 from dashboards.browser import find_chromium, inspect_page
 from dashboards.build import build_dashboard
 from dashboards.demo import write_demo_store
@@ -37,6 +38,33 @@ FILTER_JS = """(() => {
 })()"""
 
 
+# Per chart: the point labels' boxes as drawn, pairs that intersect, labels outside the chart.
+LABELS_JS = """(() => [...document.querySelectorAll(".chart")].map(c => {
+  const svg = c.querySelector("svg");
+  if (!svg) return {title: c.dataset.chart, labels: 0, overlaps: [], outside: 0};
+  const frame = svg.getBoundingClientRect(), tol = 0.5;
+  const boxes = [...c.querySelectorAll("text.point-label")].map(t => [t.textContent, t.getBoundingClientRect()]);
+  const overlaps = [];
+  let outside = 0;
+  boxes.forEach(([name, a], i) => {
+    if (a.left < frame.left - tol || a.right > frame.right + tol || a.top < frame.top - tol || a.bottom > frame.bottom + tol) outside++;
+    for (const [other, b] of boxes.slice(i + 1)) {
+      if (a.left < b.right - tol && b.left < a.right - tol && a.top < b.bottom - tol && b.top < a.bottom - tol) overlaps.push([name, other]);
+    }
+  });
+  return {title: c.dataset.chart, labels: boxes.length, overlaps: overlaps, outside: outside};
+}))()"""
+
+
+def assert_labels_apart(charts: list[dict], paper_rows: int) -> None:
+    """No two point labels intersect (the paper's rows cluster at similar token counts) and none is cut off."""
+    by_title = {c["title"]: c for c in charts}
+    for title in ("PSNR vs tokens", "RFVD vs tokens"):
+        assert by_title[title]["labels"] >= paper_rows, by_title[title]
+    for chart in charts:
+        assert chart["overlaps"] == [] and chart["outside"] == 0, chart
+
+
 def assert_clean(result: dict) -> None:
     assert result["loaded"]
     assert result["console_errors"] == [] and result["exceptions"] == [] and result["log_errors"] == []
@@ -52,7 +80,7 @@ def test_dashboard_in_chromium(tmp_path):
     out = tmp_path / "dashboard"
     build_dashboard(store["tracking_uri"], "coordtok", store["sweep_storage"], out)
     shot = ARTIFACTS / "dashboard.png"
-    result = inspect_page(out / "index.html", shot, expressions=[FILTER_JS])
+    result = inspect_page(out / "index.html", shot, expressions=[FILTER_JS, LABELS_JS])
     print(f"dashboard screenshot: {shot}")
     assert_clean(result)
     state = result["state"]
@@ -67,6 +95,7 @@ def test_dashboard_in_chromium(tmp_path):
     assert state["table_rows"] == 17
     # filter: stage select and text (AND of words); the stand-in runs are finetune and evaluate
     assert result["values"][0] == [3, 2, 2, 17]
+    assert_labels_apart(result["values"][1], len(RECONSTRUCTION))
     assert shot.stat().st_size > 50_000
 
 

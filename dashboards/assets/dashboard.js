@@ -133,13 +133,12 @@
           for (const p of pts) {
             const x = sx(p[0]), y = sy(p[1]);
             const m = s.marker === "diamond"
-              ? svg("path", { d: `M${x},${y - 6}L${x + 6},${y}L${x},${y + 6}L${x - 6},${y}Z`, fill: "#fff", stroke: color, "stroke-width": 2 })
+              ? svg("path", { d: `M${x},${y - 6}L${x + 6},${y}L${x},${y + 6}L${x - 6},${y}Z`, fill: "#fff", stroke: color, "stroke-width": 2, "data-marker": "1" })
               : svg("circle", { cx: x, cy: y, r: s.radius || 4.5, fill: color, "fill-opacity": 0.85 });
             m.appendChild(svg("title", {}, `${p[2] ? p[2] + ": " : ""}${fmt(p[0])}, ${fmt(p[1])}`));
             g.appendChild(m); marks++;
-            if (s.labels && p[2]) {  // labels near the right edge grow leftwards so they stay visible
-              const right = x > W - 90;
-              g.appendChild(svg("text", { x: right ? x - 8 : x + 7, y: y - 5, "text-anchor": right ? "end" : "start" }, p[2]));
+            if (s.labels && p[2]) {  // placed by layoutLabels once the page is drawn (no two overlap)
+              g.appendChild(svg("text", { class: "point-label", x: x + 7, y: y - 5, "data-ax": x, "data-ay": y }, p[2]));
             }
           }
         }
@@ -154,6 +153,45 @@
     box.appendChild(legend);
     if (marks > 0) { box.dataset.rendered = "1"; box.dataset.marks = String(marks); }
     return box;
+  }
+
+  // Point labels: greedy placement once the SVG is in the page (text is measured). Each label tries
+  // spots beside its point, right then left, above then below, moving further out until its box
+  // hits no placed label, no marker and stays inside the chart; a label moved away from its point
+  // gets a leader line. Paper rows with close token counts would otherwise print on top of each other.
+  function layoutLabels(root) {
+    const labels = [...root.querySelectorAll("text.point-label")];
+    if (!labels.length) return;
+    const [, , W, H] = root.getAttribute("viewBox").split(" ").map(Number);
+    const hit = (a, b) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
+    const taken = [...root.querySelectorAll("circle, path[data-marker]")].map(m => {
+      const b = m.getBBox(); return { x: b.x, y: b.y, w: b.width, h: b.height };
+    });
+    labels.sort((a, b) => (+a.dataset.ax - +b.dataset.ax) || (+a.dataset.ay - +b.dataset.ay));
+    for (const t of labels) {
+      const ax = +t.dataset.ax, ay = +t.dataset.ay;
+      t.setAttribute("x", 0); t.setAttribute("y", 0); t.setAttribute("text-anchor", "start");
+      const bb = t.getBBox(), w = bb.width + 2, h = bb.height;
+      let best = null;
+      for (let ring = 0; ring <= 12 && !(best && best.free); ring++) {
+        for (const side of [1, -1]) for (const dir of [-1, 1]) {
+          const x = side > 0 ? ax + 7 : ax - 7 - w;
+          const y = ay + (dir < 0 ? -h - 2 : 2) + dir * ring * (h + 1);
+          const box = { x: x, y: y, w: w, h: h };
+          const inside = x >= 0 && y >= 0 && x + w <= W && y + h <= H;
+          const clashes = taken.filter(o => hit(box, o)).length + (inside ? 0 : 100);
+          if (!best || clashes < best.clashes) best = { ...box, clashes: clashes, ring: ring, free: clashes === 0 };
+          if (best.free) break;
+        }
+      }
+      t.setAttribute("x", best.x + 1);
+      t.setAttribute("y", best.y - bb.y);
+      taken.push(best);
+      if (best.ring > 0) {
+        const ex = best.x > ax ? best.x : best.x + best.w, ey = Math.min(Math.max(ay, best.y), best.y + best.h);
+        t.parentNode.insertBefore(svg("line", { class: "leader", x1: ax, y1: ay, x2: ex, y2: ey }), t);
+      }
+    }
   }
 
   // ------------------------------------------------------------------ sections
@@ -346,6 +384,9 @@
     catch (err) { main.appendChild(note(`section failed to render: ${err}`)); console.error(err); }
   }
   app.appendChild(main);
+  for (const root of document.querySelectorAll(".chart svg")) {
+    try { layoutLabels(root); } catch (err) { console.error(err); }
+  }
   for (const v of document.querySelectorAll("video")) {
     v.muted = true;  // autoplay needs muted set as a property too
     v.addEventListener("loadeddata", () => { v.dataset.loaded = "1"; });
