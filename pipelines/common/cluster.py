@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 _PACKAGES = [Path(__file__).resolve().parents[2] / name for name in ("components", "pipelines")]
 
 
+# OpenMP settings for every Ray worker process: a thread that finishes its share of a parallel region
+# sleeps instead of spinning, so on a busy machine it does not take CPU from the thread (or the other
+# process) the region is waiting for (benchmarks/pretrain_contention.py).
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+
+
 def resolve_address(cfg: RayParams) -> str | None:
     env = os.environ.get("RAY_ADDRESS", "").strip()
     return env or cfg.address
@@ -58,13 +64,15 @@ def ray_cluster(cfg: RayParams) -> Iterator[dict[str, float]]:
     # Worker output is forwarded to this driver, whose stdout/stderr are the stage's log file while a
     # stage runs (console.stage_console); marked lines reach the console (console.on_worker_output).
     common: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.INFO, log_to_driver=True)
+    for key, value in WORKER_ENV.items():  # a local cluster's workers inherit the driver's environment
+        os.environ.setdefault(key, value)
     if address is None:
         ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), num_gpus=cfg.num_gpus,
                  object_store_memory=cfg.object_store_memory_mb * 1024 * 1024, **common)
     else:
         _probe(address)
         # Workers of an existing cluster may not have this project installed: ship its packages.
-        runtime_env = {"py_modules": [str(p) for p in _PACKAGES]}
+        runtime_env = {"py_modules": [str(p) for p in _PACKAGES], "env_vars": dict(WORKER_ENV)}
         try:
             ray.init(address=address, runtime_env=runtime_env, **common)
         except (ConnectionError, RuntimeError, ValueError) as exc:
