@@ -59,8 +59,7 @@ def child(cfg: dict) -> dict:
         torch.set_num_threads(threads)
     params = load_params(REPO / "params.yaml")
     torch.manual_seed(0)
-    model = CoordTok.from_config({"arch": params.tokenizer.arch.model_dump(), "img_size": params.data.img_size,
-                                  "num_frames": params.data.num_frames}).train()
+    model = CoordTok(params.tokenizer.arch, params.data.img_size, params.data.num_frames).train()
     opt = make_optimizer(model)
     batch = params.pretrain.batch_size
     n = max(1, int(len(grid_coords(model.grid)) * params.pretrain.sampling_ratio))

@@ -24,9 +24,20 @@ from pipelines.common.report import print_summary
 PROJECT_WARNING = re.compile(r"/(components|pipelines|dashboards)/[\w/]+\.py:\d+: \w*Warning")
 
 
+BAR = re.compile(r"^(?P<desc>.*?):\s+\d+%\|")
+
+
 def console_lines(text: str) -> list[str]:
-    """Newline-terminated lines as a terminal leaves them: progress-bar redraws (\\r) collapse to the last."""
-    return [line.rsplit("\r", 1)[-1] for line in text.split("\n")[:-1] if line.rsplit("\r", 1)[-1].strip()]
+    """The lines a terminal is left showing: a progress bar's redraws (after \\r, or split into lines
+    by a text-mode pipe, which turns \\r into \\n) collapse to its last state; blank lines are dropped."""
+    lines: list[str] = []
+    for line in (seg for seg in re.split(r"\r\n|\r|\n", text) if seg.strip()):
+        bar = BAR.match(line)
+        if bar and lines and (prev := BAR.match(lines[-1])) and prev["desc"] == bar["desc"]:
+            lines[-1] = line
+        else:
+            lines.append(line)
+    return lines
 
 
 def _chatty_stage(params, root):

@@ -109,13 +109,33 @@ def _stable(d: object) -> object:
     return d
 
 
+def assert_quiet_console(console: str, repo: Path) -> None:
+    """The console contract (issue 18): per stage a start line, a bar, the summary (plus DVC's own lines);
+    Ray/Ray Train chatter and warnings only in logs/<stage>.log, which holds Ray's output."""
+    from test_console import PROJECT_WARNING, console_lines
+
+    for chatter in ("Reporting training result", "PlacementGroupCleaner", "RayTrainWorker", "TrainController"):
+        assert chatter not in console, chatter
+    assert not PROJECT_WARNING.search(console), PROJECT_WARNING.search(console)
+    for part in console.split("Running stage '")[1:]:
+        stage, lines = part.split("'", 1)[0], console_lines(part)
+        start = next(i for i, line in enumerate(lines) if line.startswith(f"{stage}: "))
+        end = max(i for i, line in enumerate(lines) if line.startswith("+-"))  # the summary's last line
+        assert f"logs/{stage}.log" in lines[start] and end - start + 1 <= 15, (stage, lines)
+        log = (repo / "logs" / f"{stage}.log").read_text()
+        assert not PROJECT_WARNING.search(log), (stage, PROJECT_WARNING.search(log))
+    assert "RayTrainWorker" in (repo / "logs" / "pretrain.log").read_text()
+
+
 @pytest.mark.slow
 def test_full_pipeline_reproduces_shares_and_runs_experiments(repo_copy: Path, tmp_path: Path):
     started = time.perf_counter()
-    out = _run(["dvc", "repro"], repo_copy).stdout
+    first = _run(["dvc", "repro"], repo_copy)
     first_seconds = time.perf_counter() - started
+    out = first.stdout
     for stage in STAGES:
         assert f"Running stage '{stage}'" in out, stage
+    assert_quiet_console(first.stdout + first.stderr, repo_copy)
     index = pd.read_parquet(repo_copy / "data/processed/index.parquet")
     assert len(index) == 16 and set(index["split"]) == {"train", "test"}
     for rel in ("models/tokenizer/pretrain.pt", "models/tokenizer/finetune.pt", "latents/stats.json",

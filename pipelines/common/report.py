@@ -20,6 +20,8 @@ def print_summary(title: str, rows: list[tuple[str, Any]]) -> None:
     cells = [(str(k), fmt(v)) for k, v in rows]
     kw = max(len(k) for k, _ in cells)
     vw = max(len(v) for _, v in cells)
+    kw = max(kw, len(title) + 1)
+    top = f"+- {title} " + "-" * (kw - len(title) - 1) + "+" + "-" * (vw + 2) + "+"  # the title in the frame
     line = "+" + "-" * (kw + 2) + "+" + "-" * (vw + 2) + "+"
-    text = [line, f"| {title:<{kw + vw + 3}} |", line, *(f"| {k:<{kw}} | {v:>{vw}} |" for k, v in cells), line]
+    text = [top, *(f"| {k:<{kw}} | {v:>{vw}} |" for k, v in cells), line]
     console.say("\n".join(text))
