@@ -1,20 +1,22 @@
 """Deterministic synthetic video clips shaped like UCF-101 (T x 240 x 320 x 3, uint8 RGB).
 
-Each clip is a textured scene (multi-octave value noise, a colour gradient and striped /
-checkered / noisy shapes with dark outlines, all from a random per-clip palette) animated by
-one of several motion families with clearly different dynamics:
+Scenes have natural-image statistics at every scale, so they stay natural after preprocessing
+shrinks them to 64 px: a smooth colour layout and a luminance texture with a ~1/f amplitude
+spectrum (spectral synthesis), covered by "dead leaves" (soft-edged, textured ellipses and
+blobs of power-law sizes; edge blur varies like defocus). Each clip is animated by one motion
+family with clearly different dynamics, and every family moves:
 
-- StaticScene: no motion; SlowPan: sub-pixel camera pan over a larger canvas;
-- FastTranslation: 1-2 sprites bouncing at 5-12 px/frame over a static background;
+- StaticScene: fixed camera, one actor walking a smooth path at 1-3 px/frame;
+- SlowPan: sub-pixel camera pan over a larger canvas;
+- FastTranslation: 1-2 actors bouncing at 5-12 px/frame over a static background;
 - RotateZoom: rotation and/or oscillating zoom about a point (bilinear inverse warp);
-- ColorFlicker: static scene under sinusoidal + jumping brightness / hue changes;
-- Occlusion: two sprites pass behind a static full-height (or full-width) bar.
+- ColorFlicker: a slow actor in a static scene, all under sinusoidal + jumping brightness / hue;
+- Occlusion: two actors pass behind a static full-height (or full-width) bar.
 
 Speeds are quoted for a 240-pixel short side and scale with the frame, so small test clips
 look like downscaled full-size ones. Pure numpy; every random draw comes from
 ``np.random.default_rng(seed)`` and none depends on ``n_frames``, so a shorter clip is an exact
-prefix of a longer one with the same family and seed. StaticScene, FastTranslation and
-ColorFlicker with the same seed share their background scene.
+prefix of a longer one with the same family and seed.
 """
 
 from __future__ import annotations
@@ -67,98 +69,80 @@ def _palette(rng: np.random.Generator, k: int = 6) -> np.ndarray:
     return _hsv_to_rgb(hues, rng.uniform(0.25, 0.95, k), rng.uniform(0.25, 1.0, k)).astype(_F32)
 
 
-def _upsample(grid: np.ndarray, h: int, w: int, cell: float) -> np.ndarray:
-    """Smoothstep-bilinear upsampling of a coarse grid to (h, w), `cell` px per grid step."""
-    def axis(n: int, g: int):
-        x = np.arange(n, dtype=_F32) / _F32(cell)
-        i = np.minimum(x.astype(np.intp), g - 2)
-        f = x - i
-        return i, f * f * (3 - 2 * f)  # smoothstep hides the grid's piecewise-linear creases
-    iy, fy = axis(h, grid.shape[0])
-    ix, fx = axis(w, grid.shape[1])
-    rows = grid[iy] * (1 - fy)[:, None] + grid[iy + 1] * fy[:, None]
-    return rows[:, ix] * (1 - fx) + rows[:, ix + 1] * fx
+def _pink(rng: np.random.Generator, h: int, w: int, slope: float = 1.0) -> np.ndarray:
+    """Zero-mean, unit-std float32 (h, w) field whose amplitude spectrum falls as 1/f**slope.
 
-
-def _noise(rng: np.random.Generator, h: int, w: int, scale: float, octaves: int = 3) -> np.ndarray:
-    """Multi-octave value noise, roughly in [-1, 1]; `scale` is the coarsest cell size in px."""
-    out, amp, total = np.zeros((h, w), _F32), 1.0, 0.0
-    for o in range(octaves):
-        cell = max(scale / 2.5 ** o, 2.0)
-        grid = rng.uniform(-1, 1, (int((h - 1) / cell) + 2, int((w - 1) / cell) + 2)).astype(_F32)
-        out += _F32(amp) * _upsample(grid, h, w, cell)
-        total, amp = total + amp, amp * 0.55
-    return out / _F32(total)
-
-
-def _texture(rng: np.random.Generator, u: np.ndarray, v: np.ndarray, pal: np.ndarray,
-             ref: int) -> np.ndarray:
-    """Two-colour stripes, checkerboard or noise on local coords (u, v) -> float32 (..., 3)."""
-    c0, c1 = pal[rng.choice(len(pal), 2, replace=False)]
-    period = max(rng.uniform(0.03, 0.12) * ref, 3.0)
-    kind = rng.integers(3)
-    if kind == 0:
-        phi = rng.uniform(0, np.pi)
-        t = 0.5 + 0.5 * np.sin((u * np.cos(phi) + v * np.sin(phi)) * (2 * np.pi / period))
-    elif kind == 1:
-        t = (np.floor(u / period) + np.floor(v / period)) % 2
-    else:
-        t = np.clip(_noise(rng, *u.shape, 2 * period, 2) * 1.5 + 0.5, 0, 1)
-    return (c0 + (c1 - c0) * t[..., None].astype(_F32)).astype(_F32)
-
-
-def _shape(rng: np.random.Generator, pal: np.ndarray, ref: int, lo: float, hi: float):
-    """Random rotated, textured, outlined rectangle or ellipse with half-axes in [lo, hi]*ref.
-
-    Returns (rgb float32 (s, s, 3), mask bool (s, s)) on a square box that fits any rotation.
+    slope 1 is the natural-image law; larger slopes give smoother fields (colour layouts).
     """
-    a, b = rng.uniform(lo, hi, 2) * ref
-    r = int(np.ceil(np.hypot(a, b)))
+    f = np.hypot(np.fft.fftfreq(h)[:, None], np.fft.rfftfreq(w)[None, :])
+    f[0, 0] = np.inf  # no DC: the mean is set by the caller
+    spec = (rng.standard_normal(f.shape) + 1j * rng.standard_normal(f.shape)) / f ** slope
+    x = np.fft.irfft2(spec, s=(h, w))
+    x -= x.mean()
+    return (x / (x.std() + 1e-12)).astype(_F32)
+
+
+def _colour_layout(rng: np.random.Generator, h: int, w: int, pal: np.ndarray) -> np.ndarray:
+    """Smooth regions of three palette colours (soft-max of three 1/f^2 fields), float32 (h, w, 3)."""
+    colours = pal[rng.choice(len(pal), 3, replace=False)]
+    logits = np.stack([_pink(rng, h, w, 2.0) for _ in range(3)]) * _F32(rng.uniform(1.5, 3.0))
+    weights = np.exp(logits - logits.max(0))
+    weights /= weights.sum(0)
+    return np.einsum("khw,kc->hwc", weights, colours).astype(_F32)
+
+
+def _leaf(rng: np.random.Generator, pal: np.ndarray, ref: int, lo: float, hi: float):
+    """A soft-edged, textured ellipse or wobbly blob with radius log-uniform in [lo, hi] * ref.
+
+    Its edge is a ramp 0.4-3 % of `ref` wide (sharp to defocused). Returns (rgb float32 (s, s, 3),
+    alpha float32 (s, s) in [0, 1]) on a square box holding the whole shape.
+    """
+    a = float(np.exp(rng.uniform(np.log(lo), np.log(hi))) * ref)
+    b = a * rng.uniform(0.5, 1.0)
+    blur = max(float(np.exp(rng.uniform(np.log(0.004), np.log(0.03))) * ref), 0.5)
+    wobble = rng.uniform(0.0, 0.25, 3) * (rng.random() < 0.5)
+    phases = rng.uniform(0, 2 * np.pi, 3)
+    r = int(np.ceil(a * (1 + wobble.sum()) + blur)) + 1
     yy, xx = np.mgrid[-r:r + 1, -r:r + 1].astype(_F32)
     th = rng.uniform(0, np.pi)
-    u, v = xx * np.cos(th) + yy * np.sin(th), yy * np.cos(th) - xx * np.sin(th)
-    rect = rng.random() < 0.5
-    edge = max(1.0, 0.012 * ref)
-
-    def inside(da: float, db: float) -> np.ndarray:
-        if rect:
-            return (np.abs(u) <= a - da) & (np.abs(v) <= b - db)
-        return (u / max(a - da, 0.5)) ** 2 + (v / max(b - db, 0.5)) ** 2 <= 1
-
-    mask = inside(0, 0)
-    rgb = _texture(rng, u, v, pal, ref)
-    rgb[mask & ~inside(edge, edge)] *= 0.3  # dark outline: crisp edges for the tokenizer
-    return rgb, mask
+    u = (xx * np.cos(th) + yy * np.sin(th)) / a
+    v = (yy * np.cos(th) - xx * np.sin(th)) / b
+    ang = np.arctan2(v, u)
+    boundary = 1 + sum(wobble[k] * np.cos((k + 2) * ang + phases[k]) for k in range(3))
+    ramp = np.clip(0.5 - (np.hypot(u, v) - boundary) * _F32(b / blur), 0, 1)
+    alpha = ramp * ramp * (3 - 2 * ramp)
+    colour = pal[rng.integers(len(pal))] * _F32(rng.uniform(0.6, 1.3))
+    shade = 1 + _F32(rng.uniform(-0.25, 0.25)) * u  # directional shading across the shape
+    tex = np.exp(_F32(rng.uniform(0.15, 0.35)) * _pink(rng, 2 * r + 1, 2 * r + 1, rng.uniform(1.0, 1.4)))
+    return (colour * (shade * tex)[..., None]).astype(_F32), alpha.astype(_F32)
 
 
-def _paste(dst: np.ndarray, rgb: np.ndarray, mask: np.ndarray, y: int, x: int) -> None:
-    """In-place masked paste of a sprite with top-left (y, x), clipped to dst's bounds."""
-    h, w = mask.shape
+def _paste(dst: np.ndarray, rgb: np.ndarray, alpha: np.ndarray, y: int, x: int) -> None:
+    """In-place alpha blend of a sprite with top-left (y, x), clipped to dst's bounds.
+
+    dst is float32 or uint8 (then blended in float and rounded back).
+    """
+    h, w = alpha.shape
     y0, x0 = max(y, 0), max(x, 0)
     y1, x1 = min(y + h, dst.shape[0]), min(x + w, dst.shape[1])
     if y0 < y1 and x0 < x1:
-        m = mask[y0 - y:y1 - y, x0 - x:x1 - x, None]
-        np.copyto(dst[y0:y1, x0:x1], rgb[y0 - y:y1 - y, x0 - x:x1 - x], where=m)
+        a = alpha[y0 - y:y1 - y, x0 - x:x1 - x, None]
+        region = dst[y0:y1, x0:x1].astype(_F32)
+        region += (rgb[y0 - y:y1 - y, x0 - x:x1 - x] - region) * a
+        dst[y0:y1, x0:x1] = _to_u8(region) if dst.dtype == np.uint8 else region
 
 
 def _scene(rng: np.random.Generator, h: int, w: int, pal: np.ndarray, frame_hw: tuple[int, int]):
-    """Textured canvas float32 (h, w, 3); feature scale and shape density follow the frame size."""
+    """Textured canvas float32 (h, w, 3): colour layout x 1/f luminance texture under dead leaves
+    whose count follows the canvas area and whose sizes follow the frame size."""
     ref = min(frame_hw)
-    yy, xx = np.mgrid[0:h, 0:w].astype(_F32)
-    ang = rng.uniform(0, 2 * np.pi)
-    g = xx * _F32(np.cos(ang)) + yy * _F32(np.sin(ang))
-    g = (g - g.min()) / _F32(np.ptp(g) + 1e-6)
-    c0, c1, c2 = pal[rng.choice(len(pal), 3, replace=False)]
-    img = c0 + (c1 - c0) * g[..., None]
-    blotch = np.clip(_noise(rng, h, w, 0.6 * ref) * 1.5 + 0.5, 0, 1)  # large colour regions
-    img += (c2 - img) * (0.7 * blotch[..., None])
-    img *= 1 + 0.25 * _noise(rng, h, w, ref / 12, 2)[..., None]  # fine grain
-    n_shapes = int(round(rng.integers(6, 11) * h * w / (frame_hw[0] * frame_hw[1])))
-    for _ in range(n_shapes):
-        rgb, mask = _shape(rng, pal, ref, 0.05, 0.2)
-        s = mask.shape[0]
-        _paste(img, rgb, mask, int(rng.integers(-s // 2, h - s // 2)),
-               int(rng.integers(-s // 2, w - s // 2)))
+    img = _colour_layout(rng, h, w, pal)
+    img *= np.exp(_F32(rng.uniform(0.2, 0.4)) * _pink(rng, h, w, 1.0))[..., None]
+    n_leaves = int(round(rng.integers(10, 21) * h * w / (frame_hw[0] * frame_hw[1])))
+    for _ in range(n_leaves):
+        rgb, alpha = _leaf(rng, pal, ref, 0.03, 0.25)
+        s = alpha.shape[0]
+        _paste(img, rgb, alpha, int(rng.integers(-s // 2, h - s // 2)), int(rng.integers(-s // 2, w - s // 2)))
     return img
 
 
@@ -176,9 +160,42 @@ def _bounce(p0: float, v: float, t: np.ndarray, hi: float) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- families
 
+def _wander(rng, n: int, hi: float, speed: float) -> np.ndarray:
+    """Positions in [0, hi] along a sinusoid whose peak speed is about `speed` px/frame."""
+    if hi <= 0:
+        return np.zeros(n)
+    amp = rng.uniform(0.3, 0.5) * hi
+    omega = min(speed / amp, 0.5) * rng.uniform(0.6, 1.0)
+    return hi / 2 + amp * np.sin(omega * np.arange(n) + rng.uniform(0, 2 * np.pi))
+
+
+def _actors_over(bg: np.ndarray, actors, tracks) -> np.ndarray:
+    """Composite actors [(rgb, alpha)] at per-frame top-left positions [(ys, xs)] over a static
+    uint8 background; returns the clip."""
+    n = len(tracks[0][0]) if tracks else 1
+    out = np.empty((n, *bg.shape), np.uint8)
+    for i in range(n):
+        out[i] = bg
+        for (rgb, alpha), (ys, xs) in zip(actors, tracks):
+            _paste(out[i], rgb, alpha, int(np.rint(ys[i])), int(np.rint(xs[i])))
+    return out
+
+
+def _walking_actor(rng, n, h, w, pal):
+    """One actor following a smooth path at 1-3 px/frame: (actor, track)."""
+    ref = min(h, w)
+    actor = _leaf(rng, pal, ref, 0.1, 0.2)
+    s = actor[1].shape[0]
+    speed = rng.uniform(1, 3) * ref / _REF
+    return actor, (_wander(rng, n, h - s, speed), _wander(rng, n, w - s, speed))
+
+
 def _static(rng, n, h, w):
-    frame = _to_u8(_scene(rng, h, w, _palette(rng), (h, w)))
-    return np.broadcast_to(frame, (n, h, w, 3)).copy()
+    # Fixed camera over a still scene; one actor moves, as in UCF-101's near-static clips.
+    pal = _palette(rng)
+    bg = _to_u8(_scene(rng, h, w, pal, (h, w)))
+    actor, track = _walking_actor(rng, n, h, w, pal)
+    return _actors_over(bg, [actor], [track])
 
 
 def _slow_pan(rng, n, h, w):
@@ -202,32 +219,24 @@ def _slow_pan(rng, n, h, w):
     return out
 
 
-def _sprites_over(rng, n, bg, sprites, velocities):
-    """Composite sprites [(rgb_u8, mask)] moving at (vy, vx) px/frame and bouncing off the
-    borders over a static uint8 background; returns the clip."""
-    h, w = bg.shape[:2]
+def _bouncing(rng, n, h, w, actors, velocities):
+    """Tracks of actors moving at (vy, vx) px/frame and bouncing off the borders."""
     t = np.arange(n)
     tracks = []
-    for (rgb, mask), (vy, vx) in zip(sprites, velocities):
-        s = mask.shape[0]
-        ys = _bounce(rng.uniform(0, h - s), vy, t, h - s)
-        xs = _bounce(rng.uniform(0, w - s), vx, t, w - s)
-        tracks.append((rgb, mask, np.rint(ys).astype(int), np.rint(xs).astype(int)))
-    out = np.empty((n, h, w, 3), np.uint8)
-    for i in range(n):
-        out[i] = bg
-        for rgb, mask, ys, xs in tracks:
-            _paste(out[i], rgb, mask, ys[i], xs[i])
-    return out
+    for (_, alpha), (vy, vx) in zip(actors, velocities):
+        s = alpha.shape[0]
+        tracks.append((_bounce(rng.uniform(0, max(h - s, 0)), vy, t, h - s),
+                       _bounce(rng.uniform(0, max(w - s, 0)), vx, t, w - s)))
+    return tracks
 
 
 def _fast_translation(rng, n, h, w):
     pal, ref = _palette(rng), min(h, w)
     bg = _to_u8(_scene(rng, h, w, pal, (h, w)))
     k = int(rng.integers(1, 3))
-    sprites = [(_to_u8(rgb), m) for rgb, m in (_shape(rng, pal, ref, 0.15, 0.24) for _ in range(k))]
+    actors = [_leaf(rng, pal, ref, 0.15, 0.24) for _ in range(k)]
     speed, ang = rng.uniform(5, 12, k) * ref / _REF, rng.uniform(0, 2 * np.pi, k)
-    return _sprites_over(rng, n, bg, sprites, zip(speed * np.sin(ang), speed * np.cos(ang)))
+    return _actors_over(bg, actors, _bouncing(rng, n, h, w, actors, zip(speed * np.sin(ang), speed * np.cos(ang))))
 
 
 def _occlusion(rng, n, h, w):
@@ -238,21 +247,20 @@ def _occlusion(rng, n, h, w):
 
 
 def _occlusion_vertical(rng, n, h, w):
-    """Two sprites drift mostly horizontally and pass behind a full-height textured bar."""
+    """Two actors drift mostly horizontally and pass behind a full-height textured bar."""
     pal, ref = _palette(rng), min(h, w)
     bg = _to_u8(_scene(rng, h, w, pal, (h, w)))
-    sprites = [_shape(rng, pal, ref, 0.11, 0.18) for _ in range(2)]
-    extent = max(np.ptp(np.flatnonzero(m.any(0))) + 1 for _, m in sprites)
-    bw = min(int(extent) + max(2, ref // 30), w // 2)  # wide enough to hide a sprite fully
+    actors = [_leaf(rng, pal, ref, 0.11, 0.18) for _ in range(2)]
+    extent = max(np.ptp(np.flatnonzero((a > 0.5).any(0))) + 1 for _, a in actors)
+    bw = min(int(extent) + max(2, ref // 30), w // 2)  # wide enough to hide an actor fully
     bx = int(np.clip(rng.uniform(0.35, 0.65) * w - bw / 2, 0, w - bw))
-    yy, xx = np.mgrid[0:h, 0:bw].astype(_F32)
-    bar = _texture(rng, xx, yy, pal, ref)
-    edge = max(1, bw // 12)
-    bar[:, :edge] *= 0.3  # shadowed edges make the occluding boundary explicit
-    bar[:, -edge:] *= 0.3
+    colour = pal[rng.integers(len(pal))]
+    bar = colour * np.exp(_F32(0.3) * _pink(rng, h, bw, 1.0))[..., None]
+    across = np.minimum(np.arange(bw) + 0.5, bw - 0.5 - np.arange(bw)) / max(1.0, bw / 6)
+    bar *= (0.4 + 0.6 * np.clip(across, 0, 1)).astype(_F32)[None, :, None]  # shaded rounded edges
     speed = rng.uniform(4, 8, 2) * rng.choice([-1, 1], 2) * ref / _REF
     drift = rng.uniform(-0.5, 0.5, 2) * ref / _REF
-    out = _sprites_over(rng, n, bg, [(_to_u8(c), m) for c, m in sprites], zip(drift, speed))
+    out = _actors_over(bg, actors, _bouncing(rng, n, h, w, actors, zip(drift, speed)))
     out[:, :, bx:bx + bw] = _to_u8(bar)  # the occluder is drawn last, on top of everything
     return out
 
@@ -320,7 +328,8 @@ def _color_flicker(rng, n, h, w):
     # Per-frame 3x3 colour matrix = brightness * hue rotation about the grey axis; both have a
     # sinusoidal part plus piecewise-constant levels that jump at a few random frames.
     pal = _palette(rng)
-    scene = np.ascontiguousarray(_scene(rng, h, w, pal, (h, w)).transpose(2, 0, 1))  # planar
+    bg = _to_u8(_scene(rng, h, w, pal, (h, w)))
+    actor, track = _walking_actor(rng, n, h, w, pal)
     b_amp, b_per, b_ph = rng.uniform(0.2, 0.35), rng.uniform(8, 30), rng.uniform(0, 2 * np.pi)
     h_amp, h_per, h_ph = rng.uniform(0.15, 0.5), rng.uniform(10, 40), rng.uniform(0, 2 * np.pi)
     jumps = np.cumsum(rng.integers(10, 40, 64))  # fixed count keeps clips prefix-consistent
@@ -328,8 +337,10 @@ def _color_flicker(rng, n, h, w):
     h_lvl = np.concatenate([[0.0], rng.uniform(-1.2, 1.2, 64)])
     k = np.full((3, 1), 1 / np.sqrt(3))
     cross = np.array([[0, -1, 1], [1, 0, -1], [-1, 1, 0]]) / np.sqrt(3)
+    clip = _actors_over(bg, [actor], [track])
     out = np.empty((n, h, w, 3), np.uint8)
     for i in range(n):
+        scene = np.ascontiguousarray(clip[i].transpose(2, 0, 1), dtype=_F32)  # planar
         seg = np.searchsorted(jumps, i, side="right")
         th = h_lvl[seg] + h_amp * np.sin(2 * np.pi * i / h_per + h_ph)
         rot = np.cos(th) * np.eye(3) + np.sin(th) * cross + (1 - np.cos(th)) * (k @ k.T)
