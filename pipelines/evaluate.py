@@ -272,7 +272,7 @@ def _run_pool(actors: list, calls: list[tuple[str, tuple]], desc: str) -> list[A
 
     results: list[Any] = [None] * len(calls)
     idle, pending, nxt = list(actors), {}, 0
-    with console.progress_bar(total=len(calls), desc=desc, unit="batch") as bar:
+    with console.progress_bar(total=len(calls), desc=desc, unit="batch", leave=False) as bar:  # one bar at a time
         while nxt < len(calls) or pending:
             while idle and nxt < len(calls):
                 actor = idle.pop()

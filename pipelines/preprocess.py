@@ -27,6 +27,7 @@ from components.data.ucf101 import Problem, SplitEntry, parse_split, split_file_
 from components.data.video import VideoDecodeError, VideoStream
 from components.errors import UserError
 from components.io import TMP_PREFIX, atomic_write_json, commit_dir, remove_stale_staging, staging_dir
+from pipelines.common import console
 from pipelines.common.cli import main_for, quiet_third_party
 from pipelines.common.cluster import default_parallelism, ray_cluster, run_tasks
 from pipelines.common.isolation import ItemError, check_bad_fraction, is_internal, run_item
@@ -197,6 +198,9 @@ def preprocess(params: Params, root: Path) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise
+    if skipped:  # the console's one line about it; each file and reason is in the report
+        console.note_once(f"warning: {len(skipped)} of {listed} listed videos were skipped; "
+                          f"the reasons are in {REPORT_FILE}")
     print_summary("preprocess", [
         ("videos stored (train/test)", f"{report['stored_by_split']['train']}/{report['stored_by_split']['test']}"),
         ("videos skipped", len(skipped)), ("  of which internal errors (bugs)", len(internal)), ("frames", n_frames), ("wall seconds", wall),

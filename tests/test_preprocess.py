@@ -107,11 +107,14 @@ def _tree_digest(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_bad_inputs_are_skipped_with_reasons_and_good_ones_stored(tmp_path, dataset, raw_params, ray_local):
+def test_bad_inputs_are_skipped_with_reasons_and_good_ones_stored(tmp_path, dataset, raw_params, ray_local, capsys):
     raw, splits = dataset
     pfile = _params_file(tmp_path / "run", raw, splits, raw_params)
     report = preprocess(load_params(pfile), pfile.parent)
     root = pfile.parent
+    warned = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert warned == [f"warning: {report['skipped_count']} of {report['listed']} listed videos were skipped; "
+                      "the reasons are in reports/preprocess.json"]
 
     on_disk = json.loads((root / "reports/preprocess.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
