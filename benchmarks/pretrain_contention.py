@@ -7,10 +7,13 @@ busy-loop process (`python -c 'while 1: pass'`) beside it, back to back, for sev
 median step wall time of each is kept. Goal (issue 18): with one core taken, a step is at most 2x
 slower than without.
 
-Settings: "before" is what a training worker did before thread sizing (torch threads = the
-worker's CPUs, OpenMP defaults: threads spin-wait between parallel regions); "after" is
-`pipelines.common.cluster.size_threads` plus the OpenMP environment `cluster.ray_cluster` gives Ray
-workers (WORKER_ENV). `--settings` adds others (e.g. "1-thread").
+Settings: "before" is how a training worker of a local cluster ran before this change: at Ray's
+default worker niceness 15, torch threads = the worker's CPUs, OpenMP defaults (threads spin-wait
+between parallel regions); "after" is `pipelines.common.cluster.size_threads` with the environment
+`cluster.ray_cluster` now gives a local cluster's workers (WORKER_ENV: OMP_WAIT_POLICY=PASSIVE;
+LOCAL_CLUSTER_ENV: niceness 0). The step runs at that niceness (os.nice, as the raylet does);
+the busy process at 0. `--settings` adds others ("after-nice15", "before-nice0", "1-thread") to
+separate the two effects.
 
 On a shared machine the "alone" figure includes whatever else runs: read the ratios, measured back
 to back, rather than the absolute times. Prints figures only.
@@ -35,15 +38,20 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 def settings() -> dict[str, dict]:
     from pipelines.common.cluster import WORKER_ENV
 
-    return {
-        "before": {"threads": 2, "env": {}},
-        "after": {"threads": "size_threads", "env": dict(WORKER_ENV)},
-        "2-threads-passive": {"threads": 2, "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
-        "1-thread": {"threads": 1, "env": {}},
+    from pipelines.common.cluster import LOCAL_CLUSTER_ENV
+
+    worker_nice = int(LOCAL_CLUSTER_ENV["RAY_worker_niceness"])
+    return {  # nice: the niceness a Ray worker runs at (Ray's default 15; a local cluster now 0)
+        "before": {"threads": 2, "env": {}, "nice": 15},
+        "after": {"threads": "size_threads", "env": dict(WORKER_ENV), "nice": worker_nice},
+        "after-nice15": {"threads": "size_threads", "env": dict(WORKER_ENV), "nice": 15},
+        "before-nice0": {"threads": 2, "env": {}, "nice": 0},
+        "1-thread": {"threads": 1, "env": {}, "nice": 0},
     }
 
 
 def child(cfg: dict) -> dict:
+    os.nice(cfg["nice"])  # as the raylet does for its workers
     import torch
 
     from components.config import load_params
@@ -78,7 +86,8 @@ def child(cfg: dict) -> dict:
 
 def run_setting(name: str, spec: dict, args: argparse.Namespace) -> dict:
     env = {**os.environ, **spec["env"], "PYTHONPATH": str(REPO)}
-    cfg = {"threads": spec["threads"], "cpus": args.cpus, "steps": args.steps, "warmup": args.warmup}
+    cfg = {"threads": spec["threads"], "cpus": args.cpus, "steps": args.steps, "warmup": args.warmup,
+           "nice": spec["nice"]}
     out = subprocess.run([sys.executable, __file__, "--child", json.dumps(cfg)], env=env, capture_output=True,
                          text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -27,6 +27,11 @@ _PACKAGES = [Path(__file__).resolve().parents[2] / name for name in ("components
 # sleeps instead of spinning, so on a busy machine it does not take CPU from the thread (or the other
 # process) the region is waiting for (benchmarks/pretrain_contention.py).
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# Ray starts its workers at niceness 15 (its worker_niceness setting) to keep its own daemons
+# responsive; on a shared machine that hands a core to any other busy process almost entirely
+# (weight 36 against 1024), and a training step waits for the thread stuck there. A local cluster's
+# workers run at the driver's priority instead. (An existing cluster keeps its own setting.)
+LOCAL_CLUSTER_ENV = {"RAY_worker_niceness": "0"}
 
 
 def resolve_address(cfg: RayParams) -> str | None:
@@ -64,9 +69,9 @@ def ray_cluster(cfg: RayParams) -> Iterator[dict[str, float]]:
     # Worker output is forwarded to this driver, whose stdout/stderr are the stage's log file while a
     # stage runs (console.stage_console); marked lines reach the console (console.on_worker_output).
     common: dict[str, Any] = dict(include_dashboard=False, logging_level=logging.INFO, log_to_driver=True)
-    for key, value in WORKER_ENV.items():  # a local cluster's workers inherit the driver's environment
-        os.environ.setdefault(key, value)
     if address is None:
+        for key, value in {**WORKER_ENV, **LOCAL_CLUSTER_ENV}.items():  # the raylet and workers inherit them
+            os.environ.setdefault(key, value)
         ray.init(num_cpus=cfg.num_cpus or os.cpu_count(), num_gpus=cfg.num_gpus,
                  object_store_memory=cfg.object_store_memory_mb * 1024 * 1024, **common)
     else:
