@@ -267,11 +267,19 @@ def _start_actors(params: Params, resources: dict[str, float], spec: dict[str, A
 
 
 def _run_pool(actors: list, calls: list[tuple[str, tuple]], desc: str) -> list[Any]:
-    """Spread method calls over the actors (each busy actor gets the next call when it finishes)."""
+    """Spread method calls over the actors (each busy actor gets the next call when it finishes).
+
+    A batch that raises an unanticipated exception is not skipped: FVD and the averages over a silently
+    smaller set would not compare with other runs. No new batch starts, the running ones finish, and the
+    stage ends with one sentence naming the batch and `internal error: <Type>: <message>`, before any output.
+    """
     import ray
+
+    from pipelines.common.isolation import ItemError, internal_error_reason
 
     results: list[Any] = [None] * len(calls)
     idle, pending, nxt = list(actors), {}, 0
+    failed: list[ItemError] = []
     with console.progress_bar(total=len(calls), desc=desc, unit="batch", leave=False) as bar:  # one bar at a time
         while nxt < len(calls) or pending:
             while idle and nxt < len(calls):
@@ -281,9 +289,23 @@ def _run_pool(actors: list, calls: list[tuple[str, tuple]], desc: str) -> list[A
                 nxt += 1
             done, _ = ray.wait(list(pending), num_returns=1)
             i, actor = pending.pop(done[0])
-            results[i] = ray.get(done[0])
+            try:
+                results[i] = ray.get(done[0])
+            except ray.exceptions.RayTaskError as exc:  # the actor lives on; a dead actor is not caught here
+                cause = exc.cause if exc.cause is not None else exc
+                if isinstance(cause, UserError):
+                    raise cause from None
+                failed.append(ItemError(f"{desc} batch {i + 1} of {len(calls)}", internal_error_reason(cause), str(exc)))
+                log.warning("%s: %s\n%s", failed[-1].item, failed[-1].reason, failed[-1].traceback)
+                nxt = len(calls)
             idle.append(actor)
             bar.update(1)
+    if failed:
+        for a in actors:  # the stage ends here: free their CPUs/GPUs now (a shared cluster lives on)
+            ray.kill(a)
+        raise UserError(f"evaluate: {failed[0].item} failed ({failed[0].reason}); no metrics were written, because "
+                        "leaving videos out would bias FVD and the averages (evaluate skips nothing); this is a bug "
+                        "to report with the traceback in the log")
     return results
 
 

@@ -29,6 +29,7 @@ from components.io import (
     staging_dir,
 )
 from pipelines.common.cli import main_for, quiet_third_party
+from pipelines.common.isolation import check_bad_fraction, is_internal
 from pipelines.common.report import print_summary
 from pipelines.preprocess import INDEX_FILE, processed_store
 
@@ -42,7 +43,7 @@ class ClipEncoder:
     """Ray Data callable class: one tokenizer per actor; a batch of clip rows -> triplanes + moments."""
 
     def __init__(self, tokenizer_path: str, processed_dir: str, num_frames: int, dtype: str, use_gpu: bool,
-                 threads: int):
+                 threads: int, plane_shapes: list[list[int]]):
         import torch
 
         from components.tokenizer.released import load_tokenizer
@@ -51,6 +52,7 @@ class ClipEncoder:
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.model = load_tokenizer(tokenizer_path).to(self.device).eval()
         self.processed, self.num_frames, self.dtype = Path(processed_dir), num_frames, np.dtype(dtype)
+        self.plane_shapes = [tuple(shape) for shape in plane_shapes]
         self._files: dict[str, Any] = {}
 
     def _clip(self, frames_path: str, start: int, n_valid: int) -> np.ndarray:
@@ -64,26 +66,64 @@ class ClipEncoder:
         clip[:n_valid] = f.read(start, n_valid)
         return clip
 
+    def _encode(self, clips: np.ndarray, n_valid: np.ndarray) -> list[np.ndarray]:
+        """Triplanes of a batch of clips, cast to the store dtype."""
+        import torch
+
+        from components.tokenizer.training import to_unit
+
+        video = to_unit(torch.from_numpy(clips).to(self.device))
+        valid = torch.as_tensor(np.asarray(n_valid, np.int64), device=self.device)
+        with torch.no_grad():
+            planes = self.model.encode(video, valid)
+        return [p.float().cpu().numpy().astype(self.dtype) for p in (planes.xy, planes.yt, planes.xt)]
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
         from components.generator.latent_stats import LatentStats
-        from components.tokenizer.training import to_unit
+        from pipelines.common.isolation import ItemError, run_item
 
-        clips = np.stack([self._clip(str(p), int(s), int(n))
-                          for p, s, n in zip(batch["frames_path"], batch["start"], batch["n_valid"])])
-        video = to_unit(torch.from_numpy(clips).to(self.device))
-        # torch.tensor copies: Ray Data hands out read-only arrays, which torch.as_tensor warns about.
-        n_valid = torch.tensor(np.asarray(batch["n_valid"], np.int64), device=self.device)
-        with torch.no_grad():
-            planes = self.model.encode(video, n_valid)
-        stored = [p.float().cpu().numpy().astype(self.dtype) for p in (planes.xy, planes.yt, planes.xt)]
+        rows = np.asarray(batch["row"], np.int64)
+        reasons = [""] * len(rows)  # per clip: "" = encoded, else why it was skipped
+        clips: dict[int, np.ndarray] = {}
+        for i, (p, s, n) in enumerate(zip(batch["frames_path"], batch["start"], batch["n_valid"])):
+            got = run_item(self._clip, f"{p}@{s}", str(p), int(s), int(n))
+            if isinstance(got, ItemError):
+                reasons[i] = got.reason
+            else:
+                clips[i] = got
+        ok = sorted(clips)
+        n_valid = np.asarray(batch["n_valid"], np.int64)
+        stored: list[np.ndarray] = []
+        if ok:
+            encoded = run_item(self._encode, "batch", np.stack([clips[i] for i in ok]), n_valid[ok])
+            if isinstance(encoded, ItemError):  # find the clip(s) to blame: encode each alone
+                parts: dict[int, list[np.ndarray]] = {}
+                for i in ok:
+                    one = run_item(self._encode, str(batch["frames_path"][i]), clips[i][None], n_valid[[i]])
+                    if isinstance(one, ItemError):
+                        reasons[i] = one.reason
+                    else:
+                        parts[i] = one
+                ok = sorted(parts)
+                encoded = [np.concatenate([parts[i][k] for i in ok]) for k in range(3)] if ok else []
+            stored = encoded
+        # Skipped rows carry zeros (the driver never writes them); every batch has the same columns.
+        out = {"row": rows, "reason": np.array(reasons, dtype=object)}
+        for k, (name, shape) in enumerate(zip(("xy", "yt", "xt"), self.plane_shapes)):
+            full = np.zeros((len(rows), *shape), self.dtype)
+            if ok:
+                full[ok] = stored[k]
+            out[name] = full
         # Moments of the values as stored (after the dtype cast): exactly what train_sit normalises.
-        stats = LatentStats(stored[0].shape[1]).update([torch.from_numpy(x.astype(np.float32)) for x in stored])
         # One entry per batch carries the batch's moments; rows may be re-blocked downstream, entries are not lost.
-        moments = np.array([json.dumps(stats.to_dict())] + [""] * (len(stored[0]) - 1), dtype=object)
-        return {"row": np.asarray(batch["row"], np.int64), "xy": stored[0], "yt": stored[1], "xt": stored[2],
-                "moments": moments}
+        moments = np.array([""] * len(rows), dtype=object)
+        if ok:
+            stats = LatentStats(stored[0].shape[1]).update([torch.from_numpy(x.astype(np.float32)) for x in stored])
+            moments[ok[0]] = json.dumps(stats.to_dict())
+        out["moments"] = moments
+        return out
 
 
 def encode_to_store(rows: pd.DataFrame, folder: Path, params: Params, tokenizer_path: Path, processed: Path,
@@ -112,25 +152,39 @@ def encode_to_store(rows: pd.DataFrame, folder: Path, params: Params, tokenizer_
         ClipEncoder,
         fn_constructor_kwargs={"tokenizer_path": str(tokenizer_path), "processed_dir": str(processed),
                                "num_frames": params.data.num_frames, "dtype": cfg.dtype, "use_gpu": use_gpu,
-                               "threads": int(max(1, round(cfg.cpus_per_actor)))},
+                               "threads": int(max(1, round(cfg.cpus_per_actor))),
+                               "plane_shapes": [list(shape) for shape in plane_shapes]},
         batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor if use_gpu else 0)
     done, first_at = 0, None
+    batch_moments: dict[int, LatentStats] = {}  # keyed by the batch's first stored row
+    skipped: dict[int, str] = {}
     for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
         if first_at is None:  # actor start-up + model load + one batch
             first_at = time.perf_counter() - started
-        writer.write(batch["row"], [batch["xy"], batch["yt"], batch["xt"]])
-        for m in batch["moments"]:
+        good = np.array([not r for r in batch["reason"]], bool)
+        writer.write(batch["row"][good], [batch["xy"][good], batch["yt"][good], batch["xt"][good]])
+        skipped.update({int(r): str(why) for r, why in zip(batch["row"][~good], batch["reason"][~good])})
+        for r, m in zip(batch["row"], batch["moments"]):
             if m:
-                stats.merge(LatentStats.from_dict(json.loads(m)))
-        done += len(batch["row"])
+                batch_moments[int(r)] = LatentStats.from_dict(json.loads(m))
+        done += int(good.sum())
+    # Merged in row order, not arrival order: a retried batch (a killed actor) gives the same bytes.
+    for r in sorted(batch_moments):
+        stats.merge(batch_moments[r])
     seconds = time.perf_counter() - started
     if stats.planes["xy"].count != done * plane_shapes[0][1] * plane_shapes[0][2]:
         raise RuntimeError(f"latent moments cover {stats.planes['xy'].count} values, expected {done} clips' worth")
-    writer.close(rows, stats, meta)
+    check_bad_fraction("extract_latents", len(skipped), len(rows), params.data.max_bad_fraction,
+                       "data.max_bad_fraction", sum(is_internal(w) for w in skipped.values()),
+                       "the warnings above (one line per clip)", "clips")
+    by_row = rows.set_index("row")
+    skipped_list = [{"path": f"{by_row.loc[r, 'frames_path']}@{by_row.loc[r, 'start']}", "reason": why}
+                    for r, why in sorted(skipped.items())]
+    writer.close(rows, stats, meta, skipped=list(skipped))
     return {"clips": done, "seconds": seconds, "clips_per_second": done / max(seconds, 1e-9),
-            "first_batch_seconds": first_at, "stats": stats}
+            "first_batch_seconds": first_at, "stats": stats, "skipped": skipped_list}
 
 
 def extract_latents(params: Params, root: Path) -> dict[str, Any]:
@@ -188,6 +242,9 @@ def extract_latents(params: Params, root: Path) -> dict[str, Any]:
             "plane_shapes": [list(s) for s in plane_shapes],
             "bytes": int(sum(f.stat().st_size for f in out.iterdir())), "use_gpu": use_gpu,
             **{f"mean_std_{p}": float(np.mean(stats.std(p))) for p in ("xy", "yt", "xt")},
+            # Clips skipped with a reason (not in latents/), those from unanticipated exceptions counted apart.
+            "clips_skipped": len(res["skipped"]),
+            "internal_errors": sum(is_internal(d["reason"]) for d in res["skipped"]), "skipped": res["skipped"],
         }
         atomic_write_json(root / METRICS_OUT, summary)
         mlflow.log_metrics({k: float(v) for k, v in summary.items()
@@ -196,6 +253,8 @@ def extract_latents(params: Params, root: Path) -> dict[str, Any]:
         mlflow.log_artifact(str(root / METRICS_OUT))
         log.info("mlflow run %s", run.info.run_id)
     print_summary("extract_latents", [("clips", summary["clips"]), ("videos", summary["videos"]),
+                                      ("clips skipped", summary["clips_skipped"]),
+                                      ("  of which internal errors (bugs)", summary["internal_errors"]),
                                       ("clips/s", summary["clips_per_second"]), ("dtype", cfg.dtype),
                                       ("store", LATENTS_DIR)])
     return summary

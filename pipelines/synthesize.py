@@ -19,14 +19,16 @@ from components.config import Params, SynthesizeParams, resolve_path
 from components.data.synthetic import MOTION_FAMILIES, render_clip
 from components.data.ucf101 import fold_test_groups, format_class_index, format_testlist, format_trainlist
 from components.data.video import encode_avi
-from components.io import atomic_write_text, commit_dir, remove_stale_staging, staging_dir
+from components.io import TMP_PREFIX, atomic_write_json, atomic_write_text, commit_dir, remove_stale_staging, staging_dir
 from pipelines.common.cli import main_for, quiet_third_party
 from pipelines.common.cluster import default_parallelism, ray_cluster, run_tasks
+from pipelines.common.isolation import check_bad_fraction, item_errors, run_item
 from pipelines.common.report import print_summary
 from pipelines.common.tracking import stage_run
 
 VIDEO_ROOT = "UCF-101"
 SPLITS_DIR = "ucfTrainTestlist"
+SKIPPED_FILE = "skipped.json"  # only when a clip failed: each with its reason (they are left out of the lists)
 
 
 @dataclass(frozen=True)
@@ -97,17 +99,28 @@ def synthesize(params: Params, root: Path) -> dict[str, float]:
 
             start = time.perf_counter()
             with ray_cluster(params.ray) as resources:
-                task = ray.remote(num_cpus=cfg.cpus_per_task)(write_clip)
+                task = ray.remote(num_cpus=cfg.cpus_per_task)(run_item)
                 in_flight = default_parallelism(resources, cfg.cpus_per_task, None)
-                counts = run_tasks(task, [(s, str(staged / VIDEO_ROOT), cfg) for s in specs],
+                counts = run_tasks(task, [(write_clip, s.rel_path, s, str(staged / VIDEO_ROOT), cfg) for s in specs],
                                    in_flight, desc="synthesize", unit="clip")
-            for name, text in split_lists(specs, cfg.num_classes).items():
+            # A worker killed mid-clip (Ray retried its task) leaves its unfinished temporary file behind.
+            for leftover in (staged / VIDEO_ROOT).glob(f"*/{TMP_PREFIX}*"):
+                leftover.unlink()
+            failed = item_errors(counts)
+            made = [s for s, c in zip(specs, counts) if isinstance(c, int)]
+            if failed:  # clips that failed are left out of the lists (and listed with their reason)
+                atomic_write_json(staged / SKIPPED_FILE, sorted((e.as_dict() for e in failed), key=lambda d: d["path"]))
+                mlflow.log_artifact(str(staged / SKIPPED_FILE))
+            check_bad_fraction("synthesize", len(failed), len(specs), params.data.max_bad_fraction,
+                               "data.max_bad_fraction", len(failed), f"this MLflow run's {SKIPPED_FILE} artifact", "clips")
+            for name, text in split_lists(made, cfg.num_classes).items():
                 atomic_write_text(staged / SPLITS_DIR / name, text)
             seconds = time.perf_counter() - start
-            frames = int(sum(counts))
-            n_test = sum(s.group in set(fold_test_groups(1)) for s in specs)
-            figures = {"clips": len(specs), "train_clips": len(specs) - n_test, "test_clips": n_test,
-                       "frames": frames, "seconds": seconds, "frames_per_second": frames / seconds}
+            frames = int(sum(c for c in counts if isinstance(c, int)))
+            n_test = sum(s.group in set(fold_test_groups(1)) for s in made)
+            figures = {"clips": len(made), "train_clips": len(made) - n_test, "test_clips": n_test,
+                       "frames": frames, "seconds": seconds, "frames_per_second": frames / seconds,
+                       "clips_skipped": len(failed), "internal_errors": len(failed)}
             mlflow.log_metrics({k: float(v) for k, v in figures.items()})
         commit_dir(staged, out_dir)
     except BaseException:
@@ -115,7 +128,8 @@ def synthesize(params: Params, root: Path) -> dict[str, float]:
         shutil.rmtree(staged, ignore_errors=True)
         raise
     print_summary("synthesize", [("classes", cfg.num_classes), ("clips (train/test)",
-                  f"{figures['train_clips']}/{figures['test_clips']}"), ("frames", frames),
+                  f"{figures['train_clips']}/{figures['test_clips']}"),
+                  ("clips skipped (internal errors)", figures["internal_errors"]), ("frames", frames),
                   ("wall seconds", seconds), ("frames/s", figures["frames_per_second"]),
                   ("output", str(out_dir))])
     return figures

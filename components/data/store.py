@@ -121,7 +121,7 @@ class FrameWriter:
         with disk_errors(self.path):
             fd, spool = tempfile.mkstemp(prefix=f"{TMP_PREFIX}{self.path.name}.payload.", dir=self.path.parent)
         self._spool_path = Path(spool)
-        self._spool = os.fdopen(fd, "w+b")
+        self._spool = os.fdopen(fd, "w+b", buffering=0)  # unbuffered: a full disk shows up in _flush_chunk
         self._buf: np.ndarray | None = None
         self._filled = 0
         self.n_frames = 0
@@ -156,8 +156,10 @@ class FrameWriter:
 
     def _flush_chunk(self) -> None:
         data = _encode_chunk(self._buf[:self._filled], self.temporal_delta, self._compressor)
+        view = memoryview(data)
         with disk_errors(self.path):
-            self._spool.write(data)
+            while view:  # a raw write may be partial
+                view = view[self._spool.write(view):]
         self._sizes.append(len(data))
         self._filled = 0
 

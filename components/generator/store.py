@@ -76,18 +76,36 @@ class LatentWriter:
             self.arrays[name][rows] = x
         self.filled[rows] = True
 
-    def close(self, index: pd.DataFrame, stats: LatentStats, meta: dict[str, Any]) -> None:
-        """Flush the arrays and write index, stats and meta; every row must have been written."""
-        missing = np.flatnonzero(~self.filled)
+    def close(self, index: pd.DataFrame, stats: LatentStats, meta: dict[str, Any],
+              skipped: Sequence[int] = ()) -> pd.DataFrame:
+        """Flush the arrays and write index, stats and meta; every row must have been written or be
+        in `skipped` (rows the stage skipped with a reason). Skipped rows are cut out and the rest
+        renumbered 0..N-1 in order; returns the stored index."""
+        skip = np.zeros(self.n, bool)
+        skip[np.asarray(list(skipped), np.int64)] = True
+        missing = np.flatnonzero(~self.filled & ~skip)
         if len(missing):
             raise RuntimeError(f"{len(missing)} latent rows were never written (first: {missing[:5].tolist()})")
-        for arr in self.arrays.values():
+        keep = np.flatnonzero(~skip)
+        for name, arr in list(self.arrays.items()):
             arr.flush()
+            if len(keep) < self.n:  # rewrite without the skipped rows, block by block (bounded memory)
+                path = self.folder / f"{name}.npy"
+                tmp = self.folder / f".tmp-{name}.npy"
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=self.dtype, shape=(len(keep), *arr.shape[1:]))
+                for i in range(0, len(keep), 1024):
+                    out[i:i + 1024] = arr[keep[i:i + 1024]]
+                out.flush()
+                del out, arr
+                os.replace(tmp, path)
         self.arrays.clear()
         index = index.reindex(columns=list(INDEX_COLUMNS)).sort_values("row").reset_index(drop=True)
+        index = index[~index["row"].isin(np.flatnonzero(skip))].reset_index(drop=True)
+        index["row"] = np.arange(len(index), dtype=np.int64)
         index.to_parquet(self.folder / INDEX_FILE, index=False)
         atomic_write_json(self.folder / STATS_FILE, stats.to_dict())
-        atomic_write_json(self.folder / META_FILE, {**meta, "count": self.n, "dtype": self.dtype.name})
+        atomic_write_json(self.folder / META_FILE, {**meta, "count": len(keep), "dtype": self.dtype.name})
+        return index
 
 
 class LatentStore:

@@ -71,19 +71,25 @@ def run_stage(stage: str, fn: StageFn, argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m pipelines.{stage}", description=fn.__doc__)
     parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
     args = parser.parse_args(argv)
+    root = Path(args.params).resolve().parent
+    path = root / LOG_DIR / f"{stage}.log"
     try:
         params = load_params(args.params)
+        from pipelines.common.preflight import check_writable
+
+        # A read-only output folder or MLflow store: one sentence now, not after the compute.
+        check_writable(stage, params, root, [(path.parent, "the stage's log folder")])
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    root = Path(args.params).resolve().parent
-    path = root / LOG_DIR / f"{stage}.log"
     shown = os.path.relpath(path) if path.is_relative_to(Path.cwd()) else str(path)
     with console.stage_console(stage, path):
         try:
             console.say(start_line(stage, params, shown))
             fn(params, root)
         except UserError as exc:
+            cause = getattr(exc, "cause", None)  # raised inside a Ray task: arrives wrapped in Ray's traceback
+            exc = cause if isinstance(cause, UserError) else exc
             logging.getLogger(stage).info("stopped: %s", exc)
             console.say(f"error: {exc} (log: {shown})", console.err())
             return 2
