@@ -61,6 +61,7 @@ test-fast: setup  ## unit and integration tests only (skips the slow end-to-end 
 
 bench: setup  ## print benchmark figures (needs ffmpeg for the preprocessing comparison)
 	$(PY) benchmarks/preprocess_throughput.py
+	$(PY) benchmarks/preprocess_memory.py
 	$(PY) benchmarks/sample_throughput.py
 	$(PY) benchmarks/finetune_cost.py
 	$(PY) benchmarks/sit_cached_vs_reencode.py

@@ -323,3 +323,30 @@ def test_bad_fraction_sentence_counts_internal_errors_apart():
     with pytest.raises(UserError, match=r"^preprocess: 2 of 20 videos were skipped \(10.0%, 1 of them internal "
                                         r"errors \(bugs: please report them\)\), more than data.max_bad_fraction"):
         check_bad_fraction("preprocess", 2, 20, 0.05, "data.max_bad_fraction", 1, "r.json", "videos")
+
+
+# ------------------------------------------------------------------------------ bounded memory
+
+@pytest.mark.slow
+def test_memory_of_preprocessing_a_video_does_not_grow_with_its_length(tmp_path):
+    """Frames stream into the store chunk by chunk: the peak RSS growth of process_video is the same for a
+    20-second and a 160-second video (benchmarks/preprocess_memory.py measures 20 minutes)."""
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import preprocess_memory
+
+    warmup = mf.long_video(tmp_path / "warmup.avi", 50, size=(180, 320))
+    short = mf.long_video(tmp_path / "short.avi", 500, size=(180, 320))
+    long = mf.long_video(tmp_path / "long.avi", 4000, size=(180, 320))
+    a = preprocess_memory.measure("streaming", short, warmup, 128)
+    b = preprocess_memory.measure("streaming", long, warmup, 128)
+    assert (a["frames"], b["frames"]) == (500, 4000)
+    frames_mb = 4000 * 128 * 128 * 3 / 2**20  # what holding the long video's frames would take (188 MB)
+    assert b["growth_mb"] < a["growth_mb"] + 8, (a, b)
+    assert b["growth_mb"] < frames_mb / 10, (a, b)
+    # The naive path on the short video already grows by about its frames' size: the measurement sees it.
+    naive = preprocess_memory.measure("naive", short, warmup, 128)
+    assert naive["growth_mb"] > 500 * 128 * 128 * 3 / 2**20 * 0.8, naive
