@@ -296,7 +296,8 @@ def _run_pool(actors: list, calls: list[tuple[str, tuple]], desc: str) -> list[A
                 if isinstance(cause, UserError):
                     raise cause from None
                 failed.append(ItemError(f"{desc} batch {i + 1} of {len(calls)}", internal_error_reason(cause), str(exc)))
-                log.warning("%s: %s\n%s", failed[-1].item, failed[-1].reason, failed[-1].traceback)
+                log.error("%s: %s\n%s", failed[-1].item, failed[-1].reason, failed[-1].traceback,
+                          extra={"console": False})  # the traceback: the log only
                 nxt = len(calls)
             idle.append(actor)
             bar.update(1)

@@ -213,6 +213,7 @@ def test_killed_train_worker_recovers_in_the_same_invocation_to_the_same_weights
         runs[name] = (_finish(proc, log), pfile.parent)
         assert proc.returncode == 0, runs[name][0][-3000:]
     out, root = runs["killed"]
+    out += (root / "logs/pretrain.log").read_text()  # worker lines reach the stage's log, not the console
     assert re.search(r"resuming from step \d+", out), out[-3000:]  # Ray Train restarted the worker group
     a = torch.load(runs["reference"][1] / "models/tokenizer/pretrain.pt", weights_only=True)["model"]
     b = torch.load(root / "models/tokenizer/pretrain.pt", weights_only=True)["model"]
@@ -324,30 +325,32 @@ def _error_line(out: str) -> str:
 
 
 def test_full_disk_is_one_sentence_naming_the_path_and_a_rerun_with_space_completes(tmp_path, undisturbed, tmpfs):
-    out_root = tmpfs / "out"
-    _mount_tmpfs(out_root, "96k")  # the processed store needs several times that
+    root = tmp_path / "run"
+    data = tmpfs / "data"
+    _mount_tmpfs(data, "96k")  # the processed store needs several times that
 
-    def elsewhere(raw: dict) -> None:  # the videos and MLflow live outside the full disk
+    def elsewhere(raw: dict) -> None:  # the videos live outside the full disk
         raw["data"].update(raw_dir=str(undisturbed / "synthetic/UCF-101"),
                            splits_dir=str(undisturbed / "synthetic/ucfTrainTestlist"))
-        raw["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path / 'mlruns.db'}"
 
-    pfile = _write_params(out_root, elsewhere)
+    pfile = _write_params(root, elsewhere)
+    (root / "data").symlink_to(data)  # the stage's data/ is the small disk
     log = tmp_path / "full.log"
     proc = _stage("preprocess", pfile, log)
     out = _finish(proc, log)
     assert proc.returncode == 2, out[-3000:]
     line = _error_line(out)
-    assert "no space left on the device" in line and str(out_root) in line, line
-    leftovers = sorted(str(p.relative_to(out_root)) for p in out_root.rglob("*") if p.is_file())
-    assert leftovers == ["params.yaml"], leftovers  # nothing partial, visible or hidden
+    assert "no space left on the device" in line and f"{root}/data/" in line, line
+    leftovers = sorted(str(p.relative_to(data)) for p in data.rglob("*"))
+    assert leftovers == [], leftovers  # nothing partial, visible or hidden
+    assert not (root / "reports/preprocess.json").exists()
 
-    subprocess.run(["mount", "-o", "remount,size=64m", str(out_root)], check=True)
+    subprocess.run(["mount", "-o", "remount,size=64m", str(data)], check=True)
     log = tmp_path / "rerun.log"
     proc = _stage("preprocess", pfile, log)
     out = _finish(proc, log)
     assert proc.returncode == 0, out[-3000:]
-    assert _digest(out_root / "data/processed") == _digest(undisturbed / "data/processed")
+    assert _digest(data / "processed") == _digest(undisturbed / "data/processed")
 
 
 def test_read_only_output_or_mlflow_store_is_one_sentence_before_any_compute(tmp_path, undisturbed, tmpfs):
