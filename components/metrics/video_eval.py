@@ -319,8 +319,9 @@ def paper_table_markdown(m: dict) -> str:
         real = "real" if y["detector_real"] else "STAND-IN"
         lines += ["", f"## FVD yardstick ({y['frames']} frames, each set vs the same {y['reference']}, "
                   f"detector `{y['detector']}` ({real}))", "",
-                  "Where this run's FVD sits between real data (floor) and pure noise (ceiling); every set is small, "
-                  "so the floor is far above 0 (FVD's bias at this size), and sets of one size compare fairly.", "",
+                  "Where this run's FVD sits between real data (floor) and pure noise (ceiling). With small sets the "
+                  "floor is far above 0 (FVD's bias) and sets that vary less than real data (blurry, static) can "
+                  "score below it; compare sets of the same size.", "",
                   "| Set | Videos | FVD |", "|---|---|---|",
                   f"| real test clips (floor) | {sz['real_test']} | {_fmt(y['fvd_real_test_vs_train'], '.1f')} |",
                   f"| tokenizer reconstructions of them | {sz['recon']} | {_fmt(y['fvd_recon_vs_train'], '.1f')} |",
