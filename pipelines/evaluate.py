@@ -54,13 +54,15 @@ class EvalWorker:
 
         from components.metrics.i3d import load_detector
         from components.tokenizer.released import load_tokenizer
-        from pipelines.common.trainer import autocast_dtype
+        from pipelines.common.trainer import autocast_dtype, step_activation
 
         torch.set_num_threads(spec["threads"])
         self.spec = spec
         self.device = torch.device("cuda" if spec["use_gpu"] and torch.cuda.is_available() else "cpu")
-        self.amp = autocast_dtype(spec["precision"], self.device)
         self.tokenizer = load_tokenizer(spec["tokenizer_path"]).to(self.device).eval()
+        arch = self.tokenizer.arch
+        self.amp = autocast_dtype(spec["precision"], self.device, step_activation(
+            spec["batch_size"], arch.video_tokens(self.tokenizer.img_size, self.tokenizer.num_frames), arch.width))
         self.detector = load_detector(spec["detector"], self.device, spec["feature_batch_size"], spec["weights_dir"],
                                       allow_download=False)
         self.sit = self.stats = self.lpips = None

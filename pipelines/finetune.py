@@ -70,7 +70,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     params = validate_params(config["params"])
     data, tok, cfg = params.data, params.tokenizer, params.finetune
-    worker = trainer.TrainWorker(config, cfg)
+    decoded = cfg.frames_per_video * (data.img_size // tok.arch.dec_patch_size_xy) ** 2
+    worker = trainer.TrainWorker(config, cfg, max(tok.arch.video_tokens(data.img_size, data.num_frames), decoded),
+                                 tok.arch.width)
     device = worker.device
 
     core, _ = load_tokenizer_file(Path(config["init_from"]))
@@ -199,6 +201,7 @@ def finetune(params: Params, root: Path) -> dict[str, Any]:
             "test_lpips": float(last_eval["test_lpips"]), "lpips_backbone": cfg.eval_lpips_backbone,
             "baseline_temporal_mean_psnr": float(last_eval["baseline_psnr"]),
             "num_tokens": tok.arch.num_tokens, "preset": tok.preset, "standin_weights": standin,
+            "precision": state.get("precision", "fp32"),
         }
         if pretrain_metrics.is_file():
             import json

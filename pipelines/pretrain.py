@@ -44,11 +44,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     import ray.train.torch
 
     from components.data.preview import write_previews
-    from components.tokenizer.training import PretrainRunner
+    from components.tokenizer.training import PretrainRunner, pretrain_tokens_per_clip
 
     params = validate_params(config["params"])
     cfg = params.pretrain
-    worker = trainer.TrainWorker(config, cfg)
+    arch = params.tokenizer.arch
+    worker = trainer.TrainWorker(config, cfg, pretrain_tokens_per_clip(params.data, arch, cfg.sampling_ratio), arch.width)
     processed = Path(config["processed_dir"])
     runner = PretrainRunner(params, processed, pd.read_parquet(processed / INDEX_FILE), worker.device,
                             worker.amp, worker.rank, worker.world)
@@ -56,6 +57,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
     runner.model = ray.train.torch.prepare_model(runner.core)
 
     runner.model.train()
+    # Learning curves against cost: this worker's process CPU-seconds (all its threads; fair on a
+    # shared machine) and wall seconds since this (possibly resumed) attempt started.
+    cpu0, wall0 = time.process_time(), time.perf_counter()
     for step in range(start, cfg.steps):
         loss, seen = runner.train_step(step)
         worker.count(seen)
@@ -63,7 +67,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         row: dict[str, float] = {"loss": loss, "lr": runner.lr}
         if worker.is_main and worker.is_eval_step(done):
             res = runner.evaluate()
-            row.update(test_psnr=res.psnr, test_ssim=res.ssim, baseline_psnr=res.baseline_psnr)
+            row.update(test_psnr=res.psnr, test_ssim=res.ssim, baseline_psnr=res.baseline_psnr,
+                       cpu_seconds=time.process_time() - cpu0, wall_seconds=time.perf_counter() - wall0)
             with tempfile.TemporaryDirectory() as tmp:
                 n = int(runner.eval_n[0])
                 paths = write_previews(tmp, f"{runner.eval_ids[0]}_step{done:06d}", runner.eval_x[0][:n],
@@ -103,12 +108,12 @@ def pretrain(params: Params, root: Path) -> dict[str, Any]:
             "test_psnr": float(last_eval["test_psnr"]), "test_ssim": float(last_eval["test_ssim"]),
             "baseline_temporal_mean_psnr": float(last_eval["baseline_psnr"]),
             "psnr_gain_over_baseline": float(last_eval["test_psnr"] - last_eval["baseline_psnr"]),
-            "num_tokens": arch.num_tokens, "preset": tok.preset,
+            "num_tokens": arch.num_tokens, "preset": tok.preset, "precision": state.get("precision", "fp32"),
         }
         trainer.save_model_file(root / MODEL_OUT, {"config": state["config"], "model": state["model"],
                                                    "step": state["step"]})
         trainer.write_curves(root / PLOTS_DIR, state["history"], ["loss", "lr"],
-                             ["test_psnr", "test_ssim", "baseline_psnr"])
+                             ["test_psnr", "test_ssim", "baseline_psnr", "cpu_seconds", "wall_seconds"])
         trainer.write_metrics(root / METRICS_OUT, summary, wall)
     print_summary("pretrain", [("preset", tok.preset), ("tokens", arch.num_tokens), ("steps", summary["step"]),
                                ("final train loss", summary["train_loss"]), ("test PSNR (dB)", summary["test_psnr"]),

@@ -239,7 +239,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
     from mlflow.tracking import MlflowClient
 
-    from components.tokenizer.training import PretrainRunner
+    from components.tokenizer.training import PretrainRunner, pretrain_tokens_per_clip
     from pipelines.common import trainer
     from pipelines.common.tracking import MetricsBuffer, child_run
 
@@ -253,7 +253,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(max(1, int(sw.cpus_per_trial)))
     torch.use_deterministic_algorithms(True, warn_only=True)
     device = torch.device("cuda" if sw.gpus_per_trial > 0 and torch.cuda.is_available() else "cpu")
-    amp = trainer.autocast_dtype(cfg.precision, device)
+    arch = params.tokenizer.arch
+    amp = trainer.autocast_dtype(cfg.precision, device, trainer.step_activation(
+        cfg.batch_size // cfg.grad_accum, pretrain_tokens_per_clip(params.data, arch, cfg.sampling_ratio), arch.width))
     study = optuna.load_study(study_name=spec["study"], storage=open_storage(spec["storage"]),
                               sampler=optuna.samplers.RandomSampler(), pruner=make_pruner(params))
     trial = optuna.trial.Trial(study, spec["trial_id"])

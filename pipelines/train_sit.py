@@ -120,7 +120,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     params = validate_params(config["params"])
     cfg = params.train_sit
-    worker = trainer.TrainWorker(config, cfg)
+    from components.generator.presets import sit_preset
+
+    sit_arch, tok_arch = sit_preset(cfg.preset), params.tokenizer.arch
+    grid_xy, grid_t = tok_arch.latent_resolution_xy // sit_arch.patch_size, tok_arch.latent_resolution_t // sit_arch.patch_size
+    worker = trainer.TrainWorker(config, cfg, grid_xy * grid_xy + 2 * grid_t * grid_xy, sit_arch.hidden_size)
     device = worker.device
     store = LatentStore(config["latents_dir"])
     stats = store.stats
@@ -281,6 +285,7 @@ def train_sit(params: Params, root: Path) -> dict[str, Any]:
             "position_distance_trained": float(last_eval["position_distance"]),
             "position_distance_untrained": float(untrained["position_distance"]),
             "eval_samples": cfg.eval_samples, "eval_sampler": cfg.eval_sampler, "eval_steps": cfg.eval_steps,
+            "precision": state.get("precision", "fp32"),
         }
         trainer.save_model_file(root / MODEL_OUT, payload_from_states(
             state["config"], state["model"], state["ema"], store.stats, state["step"],

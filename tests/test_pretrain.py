@@ -101,6 +101,20 @@ def _pretrain_params(root: Path, processed: Path, **pretrain) -> Path:
     return path
 
 
+def test_auto_precision_is_bf16_only_for_big_steps_on_a_fast_bf16_cpu_and_explicit_settings_win():
+    from pipelines.common.trainer import (
+        CPU_BF16_MIN_ACTIVATION, autocast_dtype, cpu_has_fast_bf16, precision_name, step_activation,
+    )
+
+    cpu = torch.device("cpu")
+    sit_tiny, pretrain_default = step_activation(16, 48, 128), step_activation(8, 512, 128)
+    assert sit_tiny < CPU_BF16_MIN_ACTIVATION <= pretrain_default
+    assert autocast_dtype("auto", cpu, sit_tiny) is None and autocast_dtype("auto", cpu) is None
+    assert autocast_dtype("auto", cpu, pretrain_default) == (torch.bfloat16 if cpu_has_fast_bf16() else None)
+    assert autocast_dtype("bf16", cpu, 1) == torch.bfloat16 and autocast_dtype("fp32", cpu, 10**9) is None
+    assert precision_name(None) == "fp32" and precision_name(torch.bfloat16) == "bf16"
+
+
 @pytest.mark.slow
 def test_pretrain_stage_writes_outputs_and_tracks_run(tmp_path, processed, ray_local):
     from pipelines.pretrain import pretrain
@@ -114,7 +128,7 @@ def test_pretrain_stage_writes_outputs_and_tracks_run(tmp_path, processed, ray_l
     assert metrics == summary
     for key in ("test_psnr", "test_ssim", "baseline_temporal_mean_psnr", "psnr_gain_over_baseline", "train_loss"):
         assert np.isfinite(metrics[key])
-    assert metrics["num_tokens"] == 192
+    assert metrics["num_tokens"] == 192 and metrics["precision"] in ("bf16", "fp32")
     loss = pd.read_csv(root / "plots/pretrain/loss.csv")
     assert list(loss["step"]) == [1, 2, 3, 4, 5, 6]
     evals = pd.read_csv(root / "plots/pretrain/eval.csv")
@@ -124,6 +138,7 @@ def test_pretrain_stage_writes_outputs_and_tracks_run(tmp_path, processed, ray_l
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
     run = mlflow.search_runs(experiment_names=["coordtok"]).iloc[0]
     assert run["tags.stage"] == "pretrain" and run["tags.ray.run_name"].startswith("pretrain-")
+    assert run["params.precision_used"] == metrics["precision"]
     history = mlflow.tracking.MlflowClient().get_metric_history(run["run_id"], "loss")
     assert [m.step for m in history] == [1, 2, 3, 4, 5, 6]
     arts = [a.path for a in mlflow.artifacts.list_artifacts(run_id=run["run_id"], artifact_path="previews/step_000006")]

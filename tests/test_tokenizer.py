@@ -305,6 +305,39 @@ def test_every_parameter_gets_a_gradient():
     assert not dead
 
 
+def test_release_init_gives_the_released_scales_and_vit_init_the_old_ones():
+    """`release` (the default): PyTorch-default linears, unit-scale encoder positions, zero query positions,
+    width^-0.5 decoder table; `vit`: std-0.02 linears and positions. Same seed, same weights."""
+    from components.tokenizer.model import DEFAULT_INIT
+    from components.tokenizer.released import ReleasedCoordTok
+
+    assert DEFAULT_INIT == "release"
+    torch.manual_seed(0)
+    rel = CoordTok(TINY, IMG, FRAMES)
+    torch.manual_seed(0)
+    again = CoordTok(TINY, IMG, FRAMES, init="release")
+    assert all(torch.equal(a, b) for a, b in zip(rel.state_dict().values(), again.state_dict().values()))
+    vit = CoordTok(TINY, IMG, FRAMES, init="vit")
+    rel.requires_grad_(False)
+    vit.requires_grad_(False)
+    d = TINY.enc_embed_dim
+    for m in (rel.pos_embed, rel.cross_pos_embed):
+        assert 0.9 < float(m.std()) < 1.1
+    assert float(rel.query_pos_embed.abs().max()) == 0.0
+    fc = rel.vit_blocks[0].mlp.fc1
+    assert float(fc.weight.abs().max()) <= d ** -0.5 and float(fc.bias.abs().max()) > 0  # kaiming-uniform bound
+    assert 0.04 < float(fc.weight.std()) < 0.06  # 1 / sqrt(3 * 128) = 0.051
+    q = rel.enc_blocks[0].cross_attn.q.weight
+    assert float(q.abs().max()) <= (6 / (4 * d)) ** 0.5 and float(rel.enc_blocks[0].cross_attn.q.bias.abs().max()) == 0
+    for m in (vit.pos_embed, vit.cross_pos_embed, vit.query_pos_embed, vit.vit_blocks[0].mlp.fc1.weight):
+        assert 0.015 < float(m.std()) < 0.025
+    assert float(vit.vit_blocks[0].mlp.fc1.bias.abs().max()) == 0.0
+    table = ReleasedCoordTok(TINY, IMG, FRAMES).dec_pos_table.detach()
+    assert abs(float(table.std()) - TINY.dec_embed_dim ** -0.5) < 0.01
+    with pytest.raises(ValueError, match="unknown init scheme"):
+        CoordTok(TINY, IMG, FRAMES, init="xavier")
+
+
 # ---------------------------------------------------------------- overfit
 
 def _moving_pattern(t: int = 8, s: int = 32) -> torch.Tensor:

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from components.tokenizer.presets import TokenizerArch
 
 __all__ = [
-    "CoordTok", "Triplane", "attend", "decode_frames", "grid_coords", "patchify", "read_plane",
+    "CoordTok", "DEFAULT_INIT", "INIT_SCHEMES", "Triplane", "init_weights", "attend", "decode_frames", "grid_coords", "patchify", "read_plane",
     "decode_time_groups", "reconstruct", "sample_triplane", "unpatchify",
 ]
 
@@ -325,10 +325,72 @@ class SinCosPosEmbed3d(nn.Module):
 # CoordTok
 # --------------------------------------------------------------------------------------------------
 
+# How CoordTok's weights start. "release" is what the authors' released code gets from PyTorch's and
+# timm's defaults; "vit" is the ViT/MAE convention this project used first. Measured on the embedded
+# default (benchmarks/tokenizer_learning.py, docs/tokenizer-learning.md), "release" learns several
+# times faster per CPU-second: its unit-scale encoder position embeddings let the triplane queries
+# tell video tokens apart from the first step, where std-0.02 ones leave the cross-attention
+# position-blind until they have grown.
+INIT_SCHEMES = ("release", "vit")
+DEFAULT_INIT = "release"
+
+
+def init_weights(model: nn.Module, scheme: str, positions: Sequence[Tensor], queries: Sequence[Tensor],
+                 query_pos: Tensor | None = None, query_blocks: Sequence[nn.Module] = ()) -> None:
+    """Initialise `model` in place by `scheme` (see INIT_SCHEMES).
+
+    positions: learned encoder position embeddings (and class tokens); queries: the learnable
+    triplane query planes; query_pos: the query position embedding (CoordTok only);
+    query_blocks: blocks whose attention projections the release initialises the way
+    nn.MultiheadAttention does (xavier-uniform, no bias).
+    """
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"unknown init scheme {scheme!r}; use one of {INIT_SCHEMES}")
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
+            if scheme == "release":
+                m.reset_parameters()  # PyTorch's default: kaiming-uniform(a=sqrt(5)), bias U(+-1/sqrt(fan_in))
+            elif isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            else:  # patch embeddings: xavier on the flattened kernel
+                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
+                nn.init.zeros_(m.bias)
+    if scheme == "release":
+        for blk in query_blocks:  # nn.MultiheadAttention: xavier-uniform on the joint in-projection
+            for attn in (blk.cross_attn, blk.self_attn):
+                for lin in (getattr(attn, "q", None), getattr(attn, "kv", None), getattr(attn, "qkv", None)):
+                    if lin is not None:
+                        d = lin.weight.shape[1]
+                        bound = math.sqrt(6.0 / (d + 3 * d))  # fan_out of the joint [3d, d] matrix
+                        nn.init.uniform_(lin.weight, -bound, bound)
+                        if lin.bias is not None:
+                            nn.init.zeros_(lin.bias)
+                if attn.proj.bias is not None:
+                    nn.init.zeros_(attn.proj.bias)
+    with torch.no_grad():
+        for p in positions:
+            if scheme == "release":
+                p.normal_(0.0, 1.0)  # torch.randn, as released
+            else:
+                nn.init.trunc_normal_(p, std=0.02)
+        for p in queries:
+            nn.init.trunc_normal_(p, std=1.0, a=-2.0, b=2.0)
+        if query_pos is not None:
+            if scheme == "release":  # the release has none: start from zero (the query planes differ already)
+                nn.init.zeros_(query_pos)
+            else:
+                nn.init.trunc_normal_(query_pos, std=0.02)
+
+
 class CoordTok(nn.Module):
     """Encoder (3D patch ViT + triplane cross/self-attention) and coordinate-based patch decoder."""
 
-    def __init__(self, arch: TokenizerArch, img_size: int, num_frames: int):
+    def __init__(self, arch: TokenizerArch, img_size: int, num_frames: int, init: str = DEFAULT_INIT):
         super().__init__()
         a = arch
         self.arch, self.img_size, self.num_frames = arch, img_size, num_frames
@@ -381,26 +443,15 @@ class CoordTok(nn.Module):
         self.dec_norm = nn.LayerNorm(dd)
         self.dec_head = nn.Linear(dd, dpt * dp * dp * 3)
 
+        self.init_scheme = init
         self._init_weights()
 
     # ---- construction / checkpoints
 
     def _init_weights(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.Conv2d, nn.Conv3d)):  # patch embeddings: xavier on the flattened kernel
-                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for p in (self.pos_embed, self.cross_pos_embed, self.query_pos_embed):
-            nn.init.trunc_normal_(p, std=0.02)
-        for p in (self.query_xy, self.query_yt, self.query_xt):
-            nn.init.trunc_normal_(p, std=1.0, a=-2.0, b=2.0)
+        init_weights(self, self.init_scheme, positions=(self.pos_embed, self.cross_pos_embed),
+                     queries=(self.query_xy, self.query_yt, self.query_xt), query_pos=self.query_pos_embed,
+                     query_blocks=self.enc_blocks)
 
     @property
     def config(self) -> dict:

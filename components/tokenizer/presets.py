@@ -35,6 +35,15 @@ class TokenizerArch:
         s, t = self.latent_resolution_xy, self.latent_resolution_t
         return s * s + 2 * s * t
 
+    @property
+    def width(self) -> int:
+        """The widest transformer (encoder or decoder): what decides whether bf16 pays on a CPU."""
+        return max(self.enc_embed_dim, self.dec_embed_dim)
+
+    def video_tokens(self, img_size: int, num_frames: int) -> int:
+        """Encoder tokens of one clip: (T / enc_patch_t) x (H / enc_patch_xy)^2."""
+        return (num_frames // self.enc_patch_size_t) * (img_size // self.enc_patch_size_xy) ** 2
+
     def replace(self, **changes: int) -> "TokenizerArch":
         return dataclasses.replace(self, **changes)
 

@@ -32,7 +32,7 @@ from torch import Tensor, nn
 
 from components.errors import UserError
 from components.io import read_checkpoint
-from components.tokenizer.model import CoordTok, Triplane, sample_triplane
+from components.tokenizer.model import DEFAULT_INIT, CoordTok, Triplane, init_weights, sample_triplane
 from components.tokenizer.presets import TokenizerArch
 
 __all__ = ["RELEASED_VARIANT", "ReleasedCoordTok", "load_tokenizer", "tokenizer_from_config"]
@@ -51,9 +51,9 @@ class ReleasedCoordTok(CoordTok):
 
     variant = RELEASED_VARIANT
 
-    def __init__(self, arch: TokenizerArch, img_size: int, num_frames: int):
+    def __init__(self, arch: TokenizerArch, img_size: int, num_frames: int, init: str = DEFAULT_INIT):
         self._compat_built = False
-        super().__init__(arch, img_size, num_frames)
+        super().__init__(arch, img_size, num_frames, init)
         d, dd = arch.enc_embed_dim, arch.dec_embed_dim
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
@@ -83,21 +83,13 @@ class ReleasedCoordTok(CoordTok):
     def _init_weights(self) -> None:
         if not self._compat_built:  # CoordTok.__init__ calls this before the layers above exist
             return
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.Conv2d, nn.Conv3d)):
-                nn.init.xavier_uniform_(m.weight.view(m.weight.shape[0], -1))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        for p in (self.pos_embed, self.cross_pos_embed, self.cls_token, self.dec_pos_table):
-            nn.init.trunc_normal_(p, std=0.02)
-        for p in (self.query_xy, self.query_yt, self.query_xt):
-            nn.init.trunc_normal_(p, std=1.0, a=-2.0, b=2.0)
+        init_weights(self, self.init_scheme, positions=(self.pos_embed, self.cross_pos_embed, self.cls_token),
+                     queries=(self.query_xy, self.query_yt, self.query_xt), query_blocks=self.enc_blocks)
+        with torch.no_grad():  # the release scales its decoder table by width^-0.5
+            if self.init_scheme == "release":
+                self.dec_pos_table.normal_(0.0, self.dec_pos_table.shape[-1] ** -0.5)
+            else:
+                nn.init.trunc_normal_(self.dec_pos_table, std=0.02)
 
     @property
     def config(self) -> dict:

@@ -77,6 +77,17 @@ def eval_clips(processed_dir: str | os.PathLike, index: pd.DataFrame, num_frames
     return list(rows.loc[pick, "video_id"]), np.stack(clips), np.asarray(valid, np.int64)
 
 
+def sampled_patches(data: Any, arch: Any, sampling_ratio: float) -> int:
+    """Patches decoded per clip per pretraining step: `sampling_ratio` of the clip's decoder grid."""
+    n_total = (data.num_frames // arch.dec_patch_size_t) * (data.img_size // arch.dec_patch_size_xy) ** 2
+    return max(1, round(sampling_ratio * n_total))
+
+
+def pretrain_tokens_per_clip(data: Any, arch: Any, sampling_ratio: float) -> int:
+    """Rows per clip of a pretraining step's biggest matmuls (encoder tokens or decoded patches)."""
+    return max(arch.video_tokens(data.img_size, data.num_frames), sampled_patches(data, arch, sampling_ratio))
+
+
 # ------------------------------------------------------------------------------------ schedule
 
 
@@ -202,19 +213,20 @@ class PretrainRunner:
     """
 
     def __init__(self, params: Any, processed_dir: str | os.PathLike, index: pd.DataFrame,
-                 device: torch.device, amp: torch.dtype | None = None, rank: int = 0, world: int = 1):
-        from components.tokenizer.model import CoordTok
+                 device: torch.device, amp: torch.dtype | None = None, rank: int = 0, world: int = 1,
+                 model_class: type | None = None, init: str | None = None):
+        from components.tokenizer.model import DEFAULT_INIT, CoordTok
 
         data, tok, cfg = params.data, params.tokenizer, params.pretrain
         self.cfg, self.group_frames = cfg, tok.decode_group_frames
         self.device, self.amp, self.rank = device, amp, rank
         torch.manual_seed(cfg.seed)
-        self.core = CoordTok(tok.arch, data.img_size, data.num_frames)
+        # model_class / init: other architectures or initialisations on the same recipe (benchmarks)
+        self.core = (model_class or CoordTok)(tok.arch, data.img_size, data.num_frames, init or DEFAULT_INIT)
         self.model: torch.nn.Module = self.core  # what the step runs (a DDP wrapper in the stage)
         self.opt, self.sched = adamw_with_schedule(self.core.parameters(), cfg)
         arch = tok.arch
-        n_total = (data.num_frames // arch.dec_patch_size_t) * (data.img_size // arch.dec_patch_size_xy) ** 2
-        self.n_sample = max(1, round(cfg.sampling_ratio * n_total))
+        self.n_sample = sampled_patches(data, arch, cfg.sampling_ratio)
         self.sampler = ClipSampler(processed_dir, index[index.split == "train"], data.num_frames,
                                    arch.dec_patch_size_t, arch.dec_patch_size_xy, self.n_sample, cfg.seed)
         self.per_worker = cfg.batch_size // (world * cfg.grad_accum)

@@ -57,15 +57,39 @@ def cpu_has_fast_bf16() -> bool:
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for `precision` on `device`, or None for plain fp32."""
+# bf16 autocast pays on an AVX512-BF16/AMX CPU only when a step's matmuls are big enough: measured
+# by benchmarks/training_precision.py (1 torch thread, process CPU-seconds; docs/tokenizer-learning.md)
+# at the embedded default's sizes, bf16/fp32 step time was 0.76 for pretrain (8 clips x 512 video
+# tokens x width 128 = 524k activations per linear layer), 0.90 for finetune (262k) and 1.31 for
+# train_sit (16 x 48 tokens x 128 = 98k). Below this many (rows x width) auto stays in fp32.
+CPU_BF16_MIN_ACTIVATION = 400_000
+
+
+def autocast_dtype(precision: str, device: torch.device, activation: int | None = None) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, or None for plain fp32.
+
+    `auto` on a CPU picks bf16 only with fast bf16 units (AVX512-BF16/AMX) and a step whose widest
+    linear layers see at least CPU_BF16_MIN_ACTIVATION values (`activation`: rows per worker step
+    x width, see `step_activation`; unknown counts as small).
+    """
     if precision == "fp32":
         return None
     if precision == "bf16":
         return torch.bfloat16
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    return torch.bfloat16 if cpu_has_fast_bf16() else None
+    big = activation is not None and activation >= CPU_BF16_MIN_ACTIVATION
+    return torch.bfloat16 if big and cpu_has_fast_bf16() else None
+
+
+def step_activation(samples: int, tokens_per_sample: int, width: int) -> int:
+    """Values entering a step's widest linear layers (rows x width): what decides whether bf16 pays on a CPU."""
+    return max(1, samples) * tokens_per_sample * width
+
+
+def precision_name(amp: torch.dtype | None) -> str:
+    """"bf16" or "fp32": what a run's metrics file and MLflow params record as the precision used."""
+    return "bf16" if amp == torch.bfloat16 else "fp32" if amp is None else str(amp).removeprefix("torch.")
 
 
 # ------------------------------------------------------------------------------ worker side
@@ -102,7 +126,8 @@ class TrainWorker:
     rows, and checkpoints on schedule; `finish` flushes. Rank 0 alone talks to MLflow.
     """
 
-    def __init__(self, config: dict[str, Any], cfg: TrainingParams):
+    def __init__(self, config: dict[str, Any], cfg: TrainingParams, tokens_per_sample: int | None = None,
+                 width: int | None = None):
         import ray.train
         import ray.train.torch
 
@@ -114,7 +139,11 @@ class TrainWorker:
         size_threads(cfg.cpus_per_worker)
         torch.use_deterministic_algorithms(True, warn_only=True)
         self.device = ray.train.torch.get_device()
-        self.amp = autocast_dtype(cfg.precision, self.device)
+        # tokens_per_sample x width: the model's widest layers per sample (see autocast_dtype)
+        activation = (None if tokens_per_sample is None or width is None else
+                      step_activation(cfg.batch_size // (self.world * cfg.grad_accum), tokens_per_sample, width))
+        self.amp = autocast_dtype(cfg.precision, self.device, activation)
+        self.precision = precision_name(self.amp)
         self.history: list[dict[str, float]] = []
         self.run_id = config.get("mlflow_run_id")
         self.client = self.metrics = None
@@ -126,6 +155,10 @@ class TrainWorker:
             self.client = MlflowClient(config["tracking_uri"])
             # Buffered with backoff: a tracking server that drops out never stalls or kills training.
             self.metrics = MetricsBuffer(self.client, self.run_id, tracking_uri=config["tracking_uri"])
+            try:  # what `precision: auto` resolved to on this worker's hardware
+                self.client.log_param(self.run_id, "precision_used", self.precision)
+            except Exception as exc:
+                log.warning("MLflow param precision_used not logged (%s)", exc)
         self._t_last, self._samples = time.perf_counter(), 0
 
     @property
@@ -200,7 +233,7 @@ class TrainWorker:
 
             with tempfile.TemporaryDirectory() as tmp:
                 if self.is_main:
-                    save_state(tmp, {**state(), "step": done, "history": self.history})
+                    save_state(tmp, {**state(), "step": done, "history": self.history, "precision": self.precision})
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
                 else:
                     ray.train.report(metrics)
