@@ -509,16 +509,13 @@ def _faulty_eval_worker():
 
 
 def test_evaluate_fails_with_one_sentence_and_writes_nothing_when_a_batch_raises(tmp_path, undisturbed, ray_local,
-                                                                               monkeypatch):
+                                                                               standin_weights, monkeypatch):
     from test_evaluate import _eval_root
 
     from components.errors import UserError
-    from components.weights import write_standins
     from pipelines.evaluate import evaluate
 
-    weights = tmp_path / "weights"
-    write_standins(weights, ["alexnet", "lpips_alex", "i3d_torchscript"])
-    pfile = _eval_root(tmp_path / "run", undisturbed, weights)
+    pfile = _eval_root(tmp_path / "run", undisturbed, standin_weights)
     _by_value(monkeypatch, "pipelines.evaluate.EvalWorker", _faulty_eval_worker())
     with pytest.raises(UserError, match=r"^evaluate: reconstruct batch 1 of 2 failed \(internal error: _EvalBug: "
                                         r"state got out of sync\); no metrics were written"):
