@@ -18,6 +18,7 @@ from components.config import Params, resolve_path
 from components.errors import UserError
 
 DVC_YAML = Path(__file__).resolve().parents[2] / "dvc.yaml"
+MLFLOW_READERS = {"dashboard"}  # stages that only read the MLflow store (a read-only one is fine)
 
 
 def _interpolate(text: str, values: dict[str, Any]) -> str:
@@ -81,7 +82,8 @@ def check_writable(stage: str, params: Params, root: Path, extra: list[tuple[Pat
     section = getattr(params, stage, None)
     if getattr(section, "storage_path", None):
         places.append((resolve_path(root, section.storage_path), f"{stage}.storage_path (Ray Train checkpoints)"))
-    places.extend(_mlflow_paths(params, root))
+    if stage not in MLFLOW_READERS:
+        places.extend(_mlflow_paths(params, root))
     for path, what in places:
         why = _unwritable(path)
         if why:
