@@ -106,7 +106,9 @@ class TrainingParams(_Section):
     eval_every: int = Field(200, ge=1, description="Steps between evaluations on held-out test videos.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between Ray Train checkpoints.")
     keep_checkpoints: int = Field(2, ge=1, description="Checkpoints kept in Ray storage.")
-    num_workers: int = Field(1, ge=1, description="Ray Train (DDP) workers.")
+    num_workers: int = Field(1, ge=1, description="Ray Train (DDP) workers; any number trains the same model (global sample plan).")
+    min_workers: int | None = Field(None, ge=1, description="After losing a node, continue from the last checkpoint with as few as this many workers (elastic); null = num_workers: wait until the cluster fits num_workers again.")
+    max_failures: int = Field(2, ge=0, description="Worker/node failures recovered from (restart from the last checkpoint) before the stage fails.")
     cpus_per_worker: float = Field(2.0, gt=0, description="CPUs per worker (also its torch threads).")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs per worker; 0 on a cluster with GPUs means 1.")
     storage_path: str = Field("ray_results", description="Ray Train run storage (checkpoints; a shared path for a cluster).")
@@ -321,16 +323,12 @@ def _check_consistency(p: Params) -> None:
         fail("tokenizer.decode_group_frames", p.tokenizer.decode_group_frames,
              f"it must divide the {t_steps} decoder time steps of data.num_frames")
     pt = p.pretrain
-    if pt.batch_size % (pt.num_workers * pt.grad_accum):
-        fail("pretrain.batch_size", pt.batch_size,
-             f"it must be a multiple of pretrain.num_workers x pretrain.grad_accum ({pt.num_workers * pt.grad_accum})")
+    _check_workers(fail, "pretrain", pt)
     n_patches = t_steps * (p.data.img_size // arch.dec_patch_size_xy) ** 2
     if round(pt.sampling_ratio * n_patches) < 1:
         fail("pretrain.sampling_ratio", pt.sampling_ratio, f"it must select at least one of the {n_patches} patches")
     ft = p.finetune
-    if ft.batch_size % (ft.num_workers * ft.grad_accum):
-        fail("finetune.batch_size", ft.batch_size,
-             f"it must be a multiple of finetune.num_workers x finetune.grad_accum ({ft.num_workers * ft.grad_accum})")
+    _check_workers(fail, "finetune", ft)
     group = arch.dec_patch_size_t * p.tokenizer.decode_group_frames
     if ft.frames_per_video % group or ft.frames_per_video > p.data.num_frames:
         fail("finetune.frames_per_video", ft.frames_per_video,
@@ -346,6 +344,18 @@ def _check_consistency(p: Params) -> None:
         fail("synthesize.min_seconds", s.min_seconds, f"it must give at least one frame at {s.fps} fps")
 
 
+def _check_workers(fail: Any, section: str, cfg: TrainingParams) -> None:
+    """The global batch must split evenly over every worker count the run may train with."""
+    low = cfg.min_workers or cfg.num_workers
+    if low > cfg.num_workers:
+        fail(f"{section}.min_workers", cfg.min_workers, f"it must not exceed {section}.num_workers ({cfg.num_workers})")
+    for world in range(low, cfg.num_workers + 1):
+        if cfg.batch_size % (world * cfg.grad_accum):
+            fail(f"{section}.batch_size", cfg.batch_size,
+                 f"it must be a multiple of {world} workers x {section}.grad_accum ({world * cfg.grad_accum})"
+                 + (f" (every count from {section}.min_workers to num_workers)" if low < cfg.num_workers else ""))
+
+
 def _check_generator(p: Params, fail: Any) -> None:
     """extract_latents / train_sit rules (SiT names end in /<patch size>; the stage checks the name exists)."""
     sit = p.train_sit
@@ -357,9 +367,7 @@ def _check_generator(p: Params, fail: Any) -> None:
     for name in ("latent_resolution_xy", "latent_resolution_t"):
         if getattr(arch, name) % patch:
             fail("train_sit.preset", sit.preset, f"its patch size {patch} must divide tokenizer.{name} ({getattr(arch, name)})")
-    if sit.batch_size % (sit.num_workers * sit.grad_accum):
-        fail("train_sit.batch_size", sit.batch_size,
-             f"it must be a multiple of train_sit.num_workers x train_sit.grad_accum ({sit.num_workers * sit.grad_accum})")
+    _check_workers(fail, "train_sit", sit)
     ex = p.extract_latents
     if len(set(ex.splits)) != len(ex.splits):
         fail("extract_latents.splits", ex.splits, "list each split once")

@@ -38,7 +38,8 @@ ATTR_DUPLICATE = "duplicate_of"
 BUDGET_KEYS = ("n_trials", "timeout", "max_concurrent", "cpus_per_trial", "gpus_per_trial", "storage", "study_name")
 # Pretrain keys a trial overrides or does not use (one process, no checkpoints).
 TRIAL_OVERRIDDEN = ("steps", "eval_every", "checkpoint_every", "sampling_ratio", "eval_videos", "batch_size",
-                    "num_workers", "cpus_per_worker", "gpus_per_worker", "storage_path", "keep_checkpoints", "log_every")
+                    "num_workers", "min_workers", "max_failures", "cpus_per_worker", "gpus_per_worker", "storage_path",
+                    "keep_checkpoints", "log_every")
 
 
 class SearchSpaceError(UserError):
@@ -80,7 +81,7 @@ def trial_params(params: Params, cand: Candidate, source: str | None = None) -> 
     pt = raw["pretrain"]
     pt.update(sampling_ratio=float(cand.sampling_ratio), steps=sw.trial_steps, eval_every=sw.report_every,
               checkpoint_every=sw.trial_steps, log_every=min(pt["log_every"], sw.report_every), num_workers=1,
-              cpus_per_worker=sw.cpus_per_trial, gpus_per_worker=sw.gpus_per_trial,
+              min_workers=None, cpus_per_worker=sw.cpus_per_trial, gpus_per_worker=sw.gpus_per_trial,
               eval_videos=sw.eval_videos or pt["eval_videos"], batch_size=sw.batch_size or pt["batch_size"])
     return validate_params(raw, source=source or f"sweep candidate {cand.label()}")
 

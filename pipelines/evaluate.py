@@ -257,9 +257,13 @@ def _resolve_weights(params: Params) -> tuple[dict[str, dict[str, Any]], Path | 
 def _start_actors(params: Params, resources: dict[str, float], spec: dict[str, Any], work: int) -> list:
     import ray
 
+    from pipelines.common.cluster import check_fits
+
     ev = params.evaluate
     has_gpu = resources.get("GPU", 0) > 0
     gpus = ev.gpus_per_actor or (1.0 if has_gpu else 0.0)
+    check_fits({"CPU": ev.cpus_per_actor, "GPU": gpus}, {"CPU": "evaluate.cpus_per_actor", "GPU": "evaluate.gpus_per_actor"},
+               "actor")
     fits = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // ev.cpus_per_actor)
     n = max(1, min(ev.num_actors or max(1, fits), work))
     spec = {**spec, "use_gpu": gpus > 0, "threads": max(1, int(ev.cpus_per_actor))}

@@ -156,7 +156,8 @@ def encode_to_store(rows: pd.DataFrame, folder: Path, params: Params, tokenizer_
                                "plane_shapes": [list(shape) for shape in plane_shapes]},
         batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor if use_gpu else 0)
+        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor if use_gpu else 0,
+        scheduling_strategy="SPREAD")  # one tokenizer per node before two on one (multi-node clusters)
     done, first_at = 0, None
     batch_moments: dict[int, LatentStats] = {}  # keyed by the batch's first stored row
     skipped: dict[int, str] = {}
@@ -192,7 +193,7 @@ def extract_latents(params: Params, root: Path) -> dict[str, Any]:
     quiet_third_party()
     from components.generator.store import clip_rows
     from components.tokenizer.released import load_tokenizer
-    from pipelines.common.cluster import ray_cluster
+    from pipelines.common.cluster import check_fits, ray_cluster
     from pipelines.common.tracking import stage_run
     from pipelines.common.trainer import file_digest
 
@@ -224,6 +225,8 @@ def extract_latents(params: Params, root: Path) -> dict[str, Any]:
         import mlflow
 
         use_gpu = resources.get("GPU", 0) > 0 and cfg.gpus_per_actor > 0
+        check_fits({"CPU": cfg.cpus_per_actor, "GPU": cfg.gpus_per_actor if use_gpu else 0},
+                   {"CPU": "extract_latents.cpus_per_actor", "GPU": "extract_latents.gpus_per_actor"}, "actor")
         staged = staging_dir(out)
         try:
             res = encode_to_store(rows, staged, params, tok_path, processed, plane_shapes, meta, use_gpu=use_gpu)

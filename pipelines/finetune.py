@@ -66,6 +66,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from components.tokenizer.finetuning import (
         FrameSampler, FrameSamplingModel, frame_loss_backward, group_frames, valid_frame_mask,
     )
+    from components.data.sampling import SamplePlan
+    from components.parallel import global_sum, micro_step
     from components.tokenizer.training import adamw_with_schedule, eval_clips, evaluate_reconstruction, to_unit
 
     params = validate_params(config["params"])
@@ -96,27 +98,33 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     pt, group = tok.arch.dec_patch_size_t, tok.decode_group_frames
     sampler = FrameSampler(processed, index[index.split == "train"], data.num_frames, pt, group,
                            cfg.frames_per_video, cfg.seed)
-    per_worker = cfg.batch_size // (worker.world * cfg.grad_accum)
+    plan = SamplePlan(cfg.batch_size, worker.world, cfg.grad_accum)
     eval_ids, eval_x, eval_n = eval_clips(processed, index[index.split == "test"], data.num_frames, cfg.eval_videos)
 
     model.train()
     for step in range(start, cfg.steps):
         sums = {"loss": 0.0, "l2": 0.0, "lpips": 0.0}
+        # Means divide by the global batch's real frames (not this slice's): per-slice values add up
+        # to the single-worker mean whatever the split (components/parallel.py).
+        denominator = sampler.valid_frames(step, cfg.batch_size)
         for micro in range(cfg.grad_accum):
-            b = sampler.batch(per_worker, step, micro, worker.rank)
+            b = sampler.batch(plan.items(worker.rank, micro), step)
             video = to_unit(torch.from_numpy(b["video"]).to(device))
             n_frames = torch.from_numpy(b["n_frames"]).to(device)
             starts = torch.from_numpy(b["starts"]).to(device)
-            with worker.autocast():
-                pred = model(video, n_frames, starts, group)
-            target = group_frames(video, starts, group, pt)
-            valid = valid_frame_mask(starts, n_frames, group, pt)
-            # LPIPS backpropagated chunk by chunk: its activations never all sit in memory at once.
-            values = frame_loss_backward(pred, target, valid, loss_lpips, cfg.lpips_weight, cfg.lpips_chunk,
-                                         scale=1.0 / cfg.grad_accum)
+            with micro_step(model, micro, cfg.grad_accum):
+                with worker.autocast():
+                    pred = model(video, n_frames, starts, group)
+                target = group_frames(video, starts, group, pt)
+                valid = valid_frame_mask(starts, n_frames, group, pt)
+                # LPIPS backpropagated chunk by chunk: its activations never all sit in memory at once.
+                # x world: DDP averages gradients over ranks.
+                values = frame_loss_backward(pred, target, valid, loss_lpips, cfg.lpips_weight, cfg.lpips_chunk,
+                                             scale=float(plan.world), denominator=denominator)
             for k, v in zip(("loss", "l2", "lpips"), values):
-                sums[k] += v / cfg.grad_accum
+                sums[k] += v
             worker.count(len(video))
+        sums = {k: global_sum(v, device) for k, v in sums.items()}
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()

@@ -29,7 +29,7 @@ from components.errors import UserError
 from components.io import TMP_PREFIX, atomic_write_json, commit_dir, remove_stale_staging, staging_dir
 from pipelines.common import console
 from pipelines.common.cli import main_for, quiet_third_party
-from pipelines.common.cluster import default_parallelism, ray_cluster, run_tasks
+from pipelines.common.cluster import check_fits, default_parallelism, ray_cluster, run_tasks
 from pipelines.common.isolation import ItemError, check_bad_fraction, is_internal, run_item
 from pipelines.common.report import print_summary
 from pipelines.common.tracking import stage_run
@@ -151,6 +151,7 @@ def preprocess(params: Params, root: Path) -> dict[str, Any]:
 
             started = time.perf_counter()
             with ray_cluster(params.ray) as resources:
+                check_fits({"CPU": cfg.cpus_per_task}, {"CPU": "preprocess.cpus_per_task"}, "task")
                 task = ray.remote(num_cpus=cfg.cpus_per_task)(run_item)
                 in_flight = default_parallelism(resources, cfg.cpus_per_task, cfg.max_in_flight)
                 results = run_tasks(task, [(process_video, e.rel_path, e, str(raw_root), str(frames_dir), data, cfg)

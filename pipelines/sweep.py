@@ -438,7 +438,7 @@ def sweep(params: Params, root: Path) -> dict[str, Any]:
     import ray
     from optuna.trial import TrialState
 
-    from pipelines.common.cluster import ray_cluster
+    from pipelines.common.cluster import check_fits, ray_cluster
 
     quiet_third_party()
     _quiet_optuna()
@@ -485,10 +485,8 @@ def sweep(params: Params, root: Path) -> dict[str, Any]:
         base["mlflow"]["tracking_uri"] = uri  # trial processes use the driver's store, whatever their env says
         base_params = validate_params(base)
         with ray_cluster(params.ray) as resources:
-            if sw.gpus_per_trial > resources.get("GPU", 0) or sw.cpus_per_trial > resources.get("CPU", 0):
-                raise UserError(f"a trial needs {sw.cpus_per_trial:g} CPU and {sw.gpus_per_trial:g} GPU but the Ray "
-                                f"cluster has {resources.get('CPU', 0):g} CPU and {resources.get('GPU', 0):g} GPU; "
-                                "lower sweep.cpus_per_trial / sweep.gpus_per_trial or use a bigger cluster")
+            check_fits({"CPU": sw.cpus_per_trial, "GPU": sw.gpus_per_trial},
+                       {"CPU": "sweep.cpus_per_trial", "GPU": "sweep.gpus_per_trial"}, "trial")
             slots = int(resources.get("CPU", 0) // sw.cpus_per_trial)
             if sw.gpus_per_trial > 0:
                 slots = min(slots, int(resources.get("GPU", 0) // sw.gpus_per_trial))

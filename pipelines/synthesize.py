@@ -21,7 +21,7 @@ from components.data.ucf101 import fold_test_groups, format_class_index, format_
 from components.data.video import encode_avi
 from components.io import TMP_PREFIX, atomic_write_json, atomic_write_text, commit_dir, remove_stale_staging, staging_dir
 from pipelines.common.cli import main_for, quiet_third_party
-from pipelines.common.cluster import default_parallelism, ray_cluster, run_tasks
+from pipelines.common.cluster import check_fits, default_parallelism, ray_cluster, run_tasks
 from pipelines.common.isolation import check_bad_fraction, item_errors, run_item
 from pipelines.common.report import print_summary
 from pipelines.common.tracking import stage_run
@@ -99,6 +99,7 @@ def synthesize(params: Params, root: Path) -> dict[str, float]:
 
             start = time.perf_counter()
             with ray_cluster(params.ray) as resources:
+                check_fits({"CPU": cfg.cpus_per_task}, {"CPU": "synthesize.cpus_per_task"}, "task")
                 task = ray.remote(num_cpus=cfg.cpus_per_task)(run_item)
                 in_flight = default_parallelism(resources, cfg.cpus_per_task, None)
                 counts = run_tasks(task, [(write_clip, s.rel_path, s, str(staged / VIDEO_ROOT), cfg) for s in specs],

@@ -1,7 +1,7 @@
 """Stage `train_sit`: the SiT generator on the cached latents (no tokenizer in the loop), on Ray Train.
 
-Each step draws `train_sit.batch_size` latents from latents/ (a pure function of seed, step and
-rank, so a resumed run sees the same batches), normalises them with latents/stats.json and
+Each step draws `train_sit.batch_size` latents from latents/ (each item a pure function of seed,
+step and its place in the global batch, so a resumed run and any number of workers see the same batches), normalises them with latents/stats.json and
 minimises the transport loss (linear path, velocity prediction); AdamW, warm-up + cosine schedule,
 EMA of the weights. Evaluation samples `eval_samples` latents with the EMA model (`eval_sampler`,
 `eval_steps`) and measures how far their statistics are from the data's, in data-std units:
@@ -53,14 +53,27 @@ def build_sit(params: Params, store) -> Any:
                class_dropout_prob=cfg.label_dropout if cfg.class_conditional else 0.0)
 
 
-def batch_rows(seed: int, step: int, rank: int, micro: int, n: int, size: int) -> np.ndarray:
-    """Store rows of one micro-batch: a pure function of (seed, step, rank, micro)."""
-    return np.random.default_rng([seed, step, rank, micro]).integers(0, n, size)
+def item_generator(seed: int, step: int, item: int) -> torch.Generator:
+    """The torch generator of one item of a step's global batch: a function of (seed, step, item)
+    only, so any split over workers and micro-steps draws the same rows, times and noise."""
+    from components.data.sampling import item_seed
 
-
-def step_generator(seed: int, step: int, rank: int, micro: int) -> torch.Generator:
-    state = np.random.SeedSequence([seed, step, rank, micro, 1]).generate_state(1, dtype=np.uint64)[0]
+    state = np.random.SeedSequence(item_seed(seed, step, item, stream=2)).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state))
+
+
+def draw_items(seed: int, step: int, items, n_rows: int, shapes, transport, label_dropout: float):
+    """Store rows [B], times [B], noise per plane [B, ...] and label-drop flags [B] of the given items
+    (drawn on the CPU: identical on any device, after a resume and for any number of workers)."""
+    rows, ts, drops, noise = [], [], [], [[] for _ in shapes]
+    for item in items:
+        gen = item_generator(seed, step, int(item))
+        rows.append(int(torch.randint(n_rows, (1,), generator=gen)))
+        ts.append(transport.sample_t(1, generator=gen))
+        for parts, shape in zip(noise, shapes):
+            parts.append(torch.randn(shape, generator=gen))
+        drops.append(torch.rand(1, generator=gen) < label_dropout)
+    return (np.asarray(rows, np.int64), torch.cat(ts), tuple(torch.stack(p) for p in noise), torch.cat(drops))
 
 
 def data_position_moments(store, batch: int = 256) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -115,7 +128,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from components.generator.latent_stats import normalize
     from components.generator.sit import ema_update
     from components.generator.store import LatentStore
+    from components.data.sampling import SamplePlan
     from components.generator.transport import Transport
+    from components.parallel import global_sum, micro_step
     from components.tokenizer.training import adamw_with_schedule
 
     params = validate_params(config["params"])
@@ -163,27 +178,31 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     start = worker.restore(load)
     ddp = ray.train.torch.prepare_model(model)
     transport = Transport(cfg.path)
-    per_worker = cfg.batch_size // (worker.world * cfg.grad_accum)
+    plan = SamplePlan(cfg.batch_size, worker.world, cfg.grad_accum)
+    shapes = store.plane_shapes
 
     ddp.train()
     for step in range(start, cfg.steps):
         loss_sum = 0.0
         for micro in range(cfg.grad_accum):
-            rows = batch_rows(cfg.seed, step, worker.rank, micro, len(store), per_worker)
+            items = plan.items(worker.rank, micro)
+            rows, t, noise, drops = draw_items(cfg.seed, step, items, len(store), shapes, transport,
+                                               cfg.label_dropout)
             x1 = normalize(store.planes(rows, device), stats)
-            gen = step_generator(cfg.seed, step, worker.rank, micro)
-            # Drawn on the CPU from the step's generator: identical batches on any device and after resume.
-            t = transport.sample_t(per_worker, generator=gen).to(device)
-            noise = tuple(torch.randn(x.shape, generator=gen).to(device) for x in x1)
+            t, noise = t.to(device), tuple(n.to(device) for n in noise)
             kwargs: dict[str, Any] = {}
             if model.num_classes:
                 kwargs["y"] = labels_all[rows].to(device)
-                kwargs["force_drop_ids"] = (torch.rand(per_worker, generator=gen) < cfg.label_dropout).to(device)
-            with worker.autocast():
-                loss = transport.training_losses(ddp, x1, t=t, noise=noise, model_kwargs=kwargs)["loss"].mean()
-            (loss / cfg.grad_accum).backward()
-            loss_sum += loss.item() / cfg.grad_accum
-            worker.count(per_worker)
+                kwargs["force_drop_ids"] = drops.to(device)
+            with micro_step(ddp, micro, cfg.grad_accum):
+                with worker.autocast():
+                    # The slice's mean x its share of the global batch; x world undoes DDP's averaging.
+                    loss = transport.training_losses(ddp, x1, t=t, noise=noise,
+                                                     model_kwargs=kwargs)["loss"].mean() * plan.share
+                (loss * plan.world).backward()
+            loss_sum += loss.item()
+            worker.count(len(items))
+        loss_sum = global_sum(loss_sum, device)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         opt.step()
         sched.step()

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ray_nodes import TwoNodeCluster
+
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # An empty torch cache: a real asset there (e.g. after `make weights`) would win over the tests' stand-ins.
@@ -89,3 +91,13 @@ def ray_local():
              logging_level="WARNING", log_to_driver=False)
     yield
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster():
+    """A real two-node Ray cluster on loopback for one test module (see TwoNodeCluster)."""
+    cluster = TwoNodeCluster()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()

@@ -17,9 +17,19 @@ def read_clip(video: FrameFile, num_frames: int, rng: np.random.Generator) -> tu
 
     Returns (clip [num_frames, H, W, C] uint8, number of real frames).
     """
+    return read_window(video, window_start(video.n_frames, num_frames, rng), num_frames)
+
+
+def window_start(n_frames: int, num_frames: int, rng: np.random.Generator) -> int:
+    """The first frame of a random `num_frames` window of a video of `n_frames` (0 when it is shorter);
+    needs only the frame count, so a sample plan can be drawn without decoding."""
+    return int(rng.integers(0, n_frames - num_frames + 1)) if n_frames >= num_frames else 0
+
+
+def read_window(video: FrameFile, start: int, num_frames: int) -> tuple[np.ndarray, int]:
+    """`num_frames` frames from `start`, zero-padded at the end; returns (clip, number of real frames)."""
     n = video.n_frames
     if n >= num_frames:
-        start = int(rng.integers(0, n - num_frames + 1))
         return video.read(start, num_frames), num_frames
     frames = video.read(0, n)
     clip = np.zeros((num_frames, *frames.shape[1:]), np.uint8)
@@ -76,3 +86,48 @@ def sample_patches(clip: np.ndarray, n: int, rng: np.random.Generator, patch_t: 
     y, x = np.divmod(rem, nx)
     idx = np.stack([t, x, y], axis=1).astype(np.int64)
     return gather_patches(clip, idx, patch_t, patch_xy), normalise_indices(idx, grid), idx
+
+
+# ------------------------------------------------------------------------------ sample plans
+
+
+def item_seed(seed: int, step: int, item: int, stream: int = 0) -> list[int]:
+    """The entropy of one item of a step's global batch: a function of (seed, step, item) only.
+
+    Never of the rank, the world size or the micro-step, so how a global batch is split over
+    workers and accumulation steps cannot change what any item is.
+    """
+    return [seed, step, item, stream]
+
+
+def item_rng(seed: int, step: int, item: int, stream: int = 0) -> np.random.Generator:
+    return np.random.default_rng(item_seed(seed, step, item, stream))
+
+
+class SamplePlan:
+    """How a step's global batch of `global_batch` items is split over `world` ranks x `grad_accum`
+    micro-steps: rank r takes the contiguous block r, and cuts it into `grad_accum` micro-batches.
+
+    Every (rank, micro) slice has the same size, the slices are disjoint and together are
+    range(global_batch): 2 workers x b/2 train on exactly the items of 1 worker x b.
+    """
+
+    def __init__(self, global_batch: int, world: int = 1, grad_accum: int = 1):
+        if world < 1 or grad_accum < 1 or global_batch % (world * grad_accum):
+            raise ValueError(f"a global batch of {global_batch} does not split into {world} workers x "
+                             f"{grad_accum} accumulation steps of equal size")
+        self.global_batch, self.world, self.grad_accum = global_batch, world, grad_accum
+        self.per_micro = global_batch // (world * grad_accum)
+
+    def items(self, rank: int, micro: int = 0) -> np.ndarray:
+        """Global item positions that `rank` trains on in micro-step `micro`."""
+        if not (0 <= rank < self.world and 0 <= micro < self.grad_accum):
+            raise ValueError(f"rank {rank} / micro-step {micro} outside {self.world} x {self.grad_accum}")
+        start = (rank * self.grad_accum + micro) * self.per_micro
+        return np.arange(start, start + self.per_micro)
+
+    @property
+    def share(self) -> float:
+        """The fraction of the global batch in one (rank, micro) slice: a slice's mean loss times
+        this is its part of the global mean (summed over micro-steps and ranks)."""
+        return self.per_micro / self.global_batch

@@ -3,20 +3,20 @@
 Frame sampling decodes whole frames so a perceptual loss (LPIPS) can see them. Frames are taken
 as whole attention groups of `group_steps` decoder time steps aligned like evaluation's
 `reconstruct(group_frames=group_steps)`, so each decoded frame sees exactly the attention context
-it has at test time. Sampling is a pure function of (seed, step, micro-step, rank), like pretraining.
+it has at test time. Sampling is a pure function of (seed, step, item of the global batch), like pretraining.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
-from components.data.sampling import read_clip
+from components.data.sampling import item_rng, read_window, window_start
 from components.data.store import FrameFile
 
 
@@ -35,20 +35,41 @@ class FrameSampler:
         self.num_frames, self.patch_t, self.group_steps, self.seed = num_frames, patch_t, group_steps, seed
         self.groups_per_video = frames_per_video // span
 
-    def batch(self, batch_size: int, step: int, micro: int = 0, rank: int = 0) -> dict[str, np.ndarray]:
-        """video uint8 [B, T, H, W, 3], n_frames [B], starts [B, G] (decoder time steps, sorted)."""
-        rng = np.random.default_rng([self.seed, step, micro, rank, 1])
+    def _plan_item(self, step: int, item: int) -> tuple[int, int, np.ndarray]:
+        """(file index, window start, group starts) of one item of step `step`'s global batch:
+        a function of (seed, step, item) alone, drawn without decoding."""
+        rng = item_rng(self.seed, step, item, stream=1)
+        f = int(rng.integers(len(self.files)))
+        start = window_start(self.files[f].n_frames, self.num_frames, rng)
+        n = min(self.files[f].n_frames, self.num_frames)
         span = self.patch_t * self.group_steps
+        n_groups = -(-n // span)  # groups holding at least one real frame: never sample pure padding
+        pick = rng.choice(n_groups, size=self.groups_per_video, replace=n_groups < self.groups_per_video)
+        return f, start, np.sort(pick) * self.group_steps
+
+    def batch(self, items: int | Sequence[int], step: int) -> dict[str, np.ndarray]:
+        """The given items of the step's global batch (an int n: items 0..n-1):
+        video uint8 [B, T, H, W, 3], n_frames [B], starts [B, G] (decoder time steps, sorted)."""
         videos, valid, starts = [], [], []
-        for i in rng.integers(0, len(self.files), size=batch_size):
-            clip, n = read_clip(self.files[i], self.num_frames, rng)
-            n_groups = -(-n // span)  # groups holding at least one real frame: never sample pure padding
-            pick = rng.choice(n_groups, size=self.groups_per_video, replace=n_groups < self.groups_per_video)
+        for item in (range(items) if isinstance(items, int) else items):
+            f, start, groups = self._plan_item(step, int(item))
+            clip, n = read_window(self.files[f], start, self.num_frames)
             videos.append(clip)
             valid.append(n)
-            starts.append(np.sort(pick) * self.group_steps)
+            starts.append(groups)
         return {"video": np.stack(videos), "n_frames": np.asarray(valid, np.int64),
                 "starts": np.stack(starts).astype(np.int64)}
+
+    def valid_frames(self, step: int, global_batch: int) -> int:
+        """Real (unpadded) frames decoded in the whole global batch of step `step`: the loss's
+        denominator on every rank, so per-rank sums add up to the single-worker mean."""
+        span = self.patch_t * self.group_steps
+        total = 0
+        for item in range(global_batch):
+            f, _, groups = self._plan_item(step, item)
+            n = min(self.files[f].n_frames, self.num_frames)
+            total += int(np.clip(n - groups * self.patch_t, 0, span).sum())
+        return total
 
 
 def group_frames(video: torch.Tensor, starts: torch.Tensor, length: int, patch_t: int) -> torch.Tensor:
@@ -98,24 +119,29 @@ class FrameSamplingModel(torch.nn.Module):
 
 def frame_loss_backward(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
                         perceptual: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None,
-                        lpips_weight: float, chunk: int, scale: float = 1.0) -> tuple[float, float, float]:
+                        lpips_weight: float, chunk: int, scale: float = 1.0,
+                        denominator: int | None = None) -> tuple[float, float, float]:
     """Backpropagate `scale` x `frame_loss` into `pred`'s graph with LPIPS run `chunk` frames at a time.
 
     LPIPS keeps its activations for the backward pass, so a plain chunked forward does not bound
     memory. Here each chunk's LPIPS is backpropagated to the decoded frames right away (its
     activations freed), the frame gradients accumulate, and one backward then runs through the
     tokenizer. Same gradients as `frame_loss(...).backward()`; returns (total, l2, lpips) values.
+    `denominator` (default: these valid frames) is the frame count the means divide by: the global
+    batch's, so that a rank's or micro-step's values are its part of the global mean.
     """
     leaf = pred.detach().float().requires_grad_(True)
     n = int(valid.sum())
-    l2 = torch.nn.functional.mse_loss(leaf[valid], target.float()[valid])
+    denom = n if denominator is None else denominator
+    l2 = torch.nn.functional.mse_loss(leaf[valid], target.float()[valid], reduction="sum") / (
+        denom * leaf[valid].shape[1:].numel())
     (scale * l2).backward()
     lp_total = 0.0
     if perceptual is not None and lpips_weight != 0:
         t_all = target.float()[valid]
         for s in range(0, n, chunk):
             p = leaf[valid][s:s + chunk].permute(0, 3, 1, 2)
-            d = perceptual(p, t_all[s:s + chunk].permute(0, 3, 1, 2)).sum() / n
+            d = perceptual(p, t_all[s:s + chunk].permute(0, 3, 1, 2)).sum() / denom
             (scale * lpips_weight * d).backward()
             lp_total += d.detach().item()
     pred.backward(leaf.grad.to(pred.dtype))

@@ -1,7 +1,8 @@
 """Tokenizer training pieces with no orchestration: sample batches, schedule, steps, evaluation, state files.
 
-Sampling is a pure function of (seed, step, micro-step, rank): a resumed run draws exactly the
-batches an uninterrupted run would, so with the optimizer state restored the weights match.
+Sampling is a pure function of (seed, step, item of the global batch): a resumed run draws exactly
+the batches an uninterrupted run would, so with the optimizer state restored the weights match,
+and any number of workers trains on the same global batch (components.data.sampling.SamplePlan).
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from components.data.sampling import read_clip, sample_patches
+from components.data.sampling import SamplePlan, item_rng, read_clip, sample_patches
 from components.data.store import FrameFile
 from components.io import atomic_write_bytes, atomic_write_json
 from components.metrics.image import psnr, ssim
@@ -47,11 +48,14 @@ class ClipSampler:
         self.num_frames, self.patch_t, self.patch_xy = num_frames, patch_t, patch_xy
         self.n_patches, self.seed = n_patches, seed
 
-    def batch(self, batch_size: int, step: int, micro: int = 0, rank: int = 0) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng([self.seed, step, micro, rank])
+    def batch(self, items: int | Sequence[int], step: int) -> dict[str, np.ndarray]:
+        """The given items of step `step`'s global batch (an int n: items 0..n-1); each item is a
+        function of (seed, step, item) alone, so any split of a global batch over ranks and
+        micro-steps (components.data.sampling.SamplePlan) trains on the same samples."""
         videos, valid, coords, targets = [], [], [], []
-        for i in rng.integers(0, len(self.files), size=batch_size):
-            clip, n = read_clip(self.files[i], self.num_frames, rng)
+        for item in (range(items) if isinstance(items, int) else items):
+            rng = item_rng(self.seed, step, int(item))
+            clip, n = read_clip(self.files[int(rng.integers(len(self.files)))], self.num_frames, rng)
             patches, c, _ = sample_patches(clip, self.n_patches, rng, self.patch_t, self.patch_xy, valid_frames=n)
             videos.append(clip)
             valid.append(n)
@@ -229,7 +233,7 @@ class PretrainRunner:
         self.n_sample = sampled_patches(data, arch, cfg.sampling_ratio)
         self.sampler = ClipSampler(processed_dir, index[index.split == "train"], data.num_frames,
                                    arch.dec_patch_size_t, arch.dec_patch_size_xy, self.n_sample, cfg.seed)
-        self.per_worker = cfg.batch_size // (world * cfg.grad_accum)
+        self.plan = SamplePlan(cfg.batch_size, world, cfg.grad_accum)
         self.eval_ids, self.eval_x, self.eval_n = eval_clips(processed_dir, index[index.split == "test"],
                                                              data.num_frames, cfg.eval_videos)
 
@@ -237,21 +241,28 @@ class PretrainRunner:
         return torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None)
 
     def train_step(self, step: int) -> tuple[float, int]:
-        """One optimizer step (with gradient accumulation); returns (mean loss, videos seen)."""
-        cfg, device = self.cfg, self.device
+        """One optimizer step (with gradient accumulation) on this rank's slices of the step's global
+        batch; returns (the global batch's mean loss, videos this rank saw)."""
+        from components.parallel import global_sum, micro_step
+
+        cfg, device, plan = self.cfg, self.device, self.plan
         loss_sum, seen = 0.0, 0
         for micro in range(cfg.grad_accum):
-            b = self.sampler.batch(self.per_worker, step, micro, self.rank)
+            b = self.sampler.batch(plan.items(self.rank, micro), step)
             video = to_unit(torch.from_numpy(b["video"]).to(device))
             coords = torch.from_numpy(b["coords"]).to(device)
             target = to_unit(torch.from_numpy(b["targets"]).to(device))
             n_frames = torch.from_numpy(b["n_frames"]).to(device)
-            with self.autocast():
-                pred = self.model(video, coords, n_frames)
-            loss = torch.nn.functional.mse_loss(pred.float(), target)
-            (loss / cfg.grad_accum).backward()
-            loss_sum += loss.item() / cfg.grad_accum
+            with micro_step(self.model, micro, cfg.grad_accum):
+                with self.autocast():
+                    pred = self.model(video, coords, n_frames)
+                # Every slice has as many patches: its mean x share is its part of the global mean;
+                # x world undoes DDP's gradient averaging over ranks.
+                loss = torch.nn.functional.mse_loss(pred.float(), target) * plan.share
+                (loss * plan.world).backward()
+            loss_sum += loss.item()
             seen += len(video)
+        loss_sum = global_sum(loss_sum, device)
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.opt.step()

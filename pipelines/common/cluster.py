@@ -171,3 +171,38 @@ def default_parallelism(resources: dict[str, float], cpus_per_task: float, max_i
     if max_in_flight is not None:
         return max_in_flight
     return max(1, int(resources.get("CPU", 1) // cpus_per_task))
+
+
+def alive_nodes() -> list[dict[str, float]]:
+    """Each alive node's total resources (Ray's view), e.g. {"CPU": 1.0, "GPU": 0.0, ...}."""
+    return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def check_fits(request: dict[str, float], params: dict[str, str], unit: str = "worker", count: int = 1) -> None:
+    """Fail in one sentence when no node can hold one `unit` asking for `request` ({"CPU": 2.0, ...}),
+    or the cluster cannot hold `count` of them at once: Ray would otherwise wait forever (and its
+    autoscaler print 'No available node types can fulfill resource request' every few seconds).
+
+    `params` names the param behind each resource, e.g. {"CPU": "pretrain.cpus_per_worker"}.
+    """
+    wanted = {k: float(v) for k, v in request.items() if v and v > 0}
+    nodes = alive_nodes()
+    if not wanted or not nodes:
+        return
+    ask = " and ".join(f"{v:g} {k}" for k, v in wanted.items())
+
+    def holds(node: dict[str, float]) -> int:
+        return int(min(node.get(k, 0.0) / v + 1e-9 for k, v in wanted.items()))
+
+    if not any(holds(n) for n in nodes):
+        largest = max(nodes, key=lambda n: tuple(n.get(k, 0.0) for k in wanted))
+        short = [k for k, v in wanted.items() if largest.get(k, 0.0) < v] or list(wanted)
+        have = " and ".join(f"{largest.get(k, 0.0):g} {k}" for k in wanted)
+        names = " / ".join(params.get(k, k) for k in short)
+        raise UserError(f"{names} asks for {ask} per {unit}, but the largest node of the Ray cluster has {have}; "
+                        f"lower {names} or add a node that large")
+    fits = sum(holds(n) for n in nodes)
+    if fits < count:
+        names = " / ".join(params.get(k, k) for k in wanted)
+        raise UserError(f"{count} {unit}s of {ask} each do not fit in the Ray cluster (its {len(nodes)} node(s) "
+                        f"hold {fits}); lower the {unit} count or {names}, or add nodes")

@@ -25,8 +25,10 @@ from components.io import atomic_write_bytes, atomic_write_json, atomic_write_te
 log = logging.getLogger(__name__)
 
 # Keys of a training section that do not change what is trained (so they don't name the run).
+# The worker count is one of them: the global sample plan makes N workers train the same model as
+# one, so a rerun with another count resumes the same run (components/parallel.py).
 VOLATILE_KEYS = ("log_every", "storage_path", "cpus_per_worker", "keep_checkpoints", "eval_videos",
-                 "gpus_per_worker")
+                 "gpus_per_worker", "num_workers", "min_workers", "max_failures")
 
 
 def run_name(stage: str, params: Params, sections: Iterable[str], extra: dict[str, Any] | None = None) -> str:
@@ -182,7 +184,11 @@ class TrainWorker:
         if self.is_main:
             from pipelines.common.console import worker_note
 
-            worker_note(f"resuming from step {int(state['step'])}")
+            written = state.get("world_size", 1)
+            # Same samples per step whatever the count (global sample plan): the run simply continues.
+            across = f" (checkpoint written by {written} worker(s), continuing with {self.world})" \
+                if written != self.world else ""
+            worker_note(f"resuming from step {int(state['step'])}{across}")
         return int(state["step"])
 
     def count(self, samples: int) -> None:
@@ -233,7 +239,8 @@ class TrainWorker:
 
             with tempfile.TemporaryDirectory() as tmp:
                 if self.is_main:
-                    save_state(tmp, {**state(), "step": done, "history": self.history, "precision": self.precision})
+                    save_state(tmp, {**state(), "step": done, "history": self.history, "precision": self.precision,
+                                     "world_size": self.world})
                     ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
                 else:
                     ray.train.report(metrics)
@@ -258,22 +265,30 @@ def fit(params: Params, cfg: TrainingParams, loop: Callable[[dict[str, Any]], An
     from ray.train.torch import TorchTrainer
 
     from components.tokenizer.training import load_state
-    from pipelines.common.cluster import ray_cluster
+    from pipelines.common.cluster import check_fits, ray_cluster
 
+    section = name.rsplit("-", 1)[0]
     with ray_cluster(params.ray) as resources:
         use_gpu = resources.get("GPU", 0) > 0
         per_worker: dict[str, float] = {"CPU": cfg.cpus_per_worker}
         if use_gpu:
             per_worker["GPU"] = cfg.gpus_per_worker or 1.0
+        fewest = cfg.min_workers or cfg.num_workers
+        check_fits(per_worker, {"CPU": f"{section}.cpus_per_worker", "GPU": f"{section}.gpus_per_worker"},
+                   "worker", count=fewest)
+        # Losing a node: Ray Train restarts the worker group from the last checkpoint (max_failures
+        # times). Fixed size waits until num_workers fit again; with min_workers it continues on
+        # what is left (elastic), which trains the same model thanks to the global sample plan.
+        workers = (fewest, cfg.num_workers) if fewest < cfg.num_workers else cfg.num_workers
         trainer = TorchTrainer(
             loop,
             train_loop_config={**loop_config, "run_dir": str(storage / name)},
-            scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=use_gpu,
+            scaling_config=ray.train.ScalingConfig(num_workers=workers, use_gpu=use_gpu,
                                                    resources_per_worker=per_worker),
             run_config=ray.train.RunConfig(
                 name=name, storage_path=str(storage),
                 checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.keep_checkpoints),
-                failure_config=ray.train.FailureConfig(max_failures=2)),
+                failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
         )
         from pipelines.common.console import training_bar
 
