@@ -67,19 +67,22 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _gloo_run(tmp: Path, processed: Path, world: int, steps: int, **pretrain) -> dict:
-    """`world` real processes in a gloo group training PretrainRunner under DDP; rank 0's results."""
+def _gloo_run(tmp: Path, processed: Path, world: int, steps: int | tuple[int, int], resume: Path | None = None,
+              **pretrain) -> dict:
+    """`world` real processes in a gloo group training PretrainRunner under DDP (steps: a count, or a
+    (start, stop) range continuing from `resume`'s state); rank 0's results."""
+    start, stop = steps if isinstance(steps, tuple) else (0, steps)
     raw = yaml.safe_load((processed / "params.yaml").read_text())
     raw["pretrain"].update({"batch_size": 4, "grad_accum": 1, "precision": "fp32", "steps": 40, "eval_videos": 1,
                             "num_workers": world, **pretrain})
-    tag = f"w{world}a{raw['pretrain']['grad_accum']}"
+    tag = f"w{world}a{raw['pretrain']['grad_accum']}s{start}-{stop}"
     pfile = tmp / f"params-{tag}.yaml"
     pfile.write_text(yaml.safe_dump(raw))
     out, port = tmp / f"{tag}.pt", _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     procs = [subprocess.Popen([sys.executable, str(REPO / "tests/ddp_worker.py"), str(pfile),
-                               str(processed / "data/processed"), str(rank), str(world), str(port), str(steps),
-                               str(out)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               str(processed / "data/processed"), str(rank), str(world), str(port), str(start),
+                               str(stop), str(out), *([str(resume)] if resume else [])], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in range(world)]
     for p in procs:
         log, _ = p.communicate(timeout=300)
@@ -95,8 +98,9 @@ WEIGHT_ATOL = 1e-5
 @pytest.mark.slow
 def test_two_ddp_workers_train_the_single_worker_model(tmp_path, processed):
     """2 workers x b/2 vs 1 worker x b (fp32, same seed and global batch): per-step losses within 1e-5
-    relative over 20 steps, final weights within WEIGHT_ATOL; and with grad_accum 2 the gradients
-    all-reduce once per step (no all-reduce on the accumulation micro-step), same model again."""
+    relative over 20 steps, final weights within WEIGHT_ATOL; with grad_accum 2 the gradients
+    all-reduce once per step (no all-reduce on the accumulation micro-step), same model again; and
+    10 steps on 1 worker resumed for 10 on 2 workers end at the same model too."""
     one = _gloo_run(tmp_path, processed, 1, 20)
     two = _gloo_run(tmp_path, processed, 2, 20)
     accum = _gloo_run(tmp_path, processed, 2, 20, grad_accum=2)
@@ -109,6 +113,15 @@ def test_two_ddp_workers_train_the_single_worker_model(tmp_path, processed):
     assert ref[-1] < ref[0]  # it trained (the comparison is not between two untouched models)
     assert two["allreduce_calls"] > 0 and accum["allreduce_calls"] == two["allreduce_calls"]
     print(f"max relative loss difference 2x{2}: {np.max(np.abs(np.array(two['losses']) - ref) / ref):.2e}")
+
+    # A checkpoint written by 1 worker continues with 2 (and back): still the same model.
+    first = _gloo_run(tmp_path, processed, 1, (0, 10))
+    torch.save(first, tmp_path / "after10.pt")
+    rest = _gloo_run(tmp_path, processed, 2, (10, 20), resume=tmp_path / "after10.pt")
+    rel = np.abs(np.array(first["losses"] + rest["losses"]) - ref) / np.abs(ref)
+    assert rel.max() <= 1e-5, rel
+    for k, w in one["model"].items():
+        torch.testing.assert_close(rest["model"][k], w, rtol=0, atol=WEIGHT_ATOL, msg=k)
 
 
 # ------------------------------------------------------------------ on a real two-node Ray cluster
