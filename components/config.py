@@ -101,7 +101,7 @@ class TrainingParams(_Section):
     warmup_steps: int = Field(20, ge=0, description="Linear warm-up steps.")
     weight_decay: float = Field(0.001, ge=0, description="AdamW weight decay (paper: 0.001).")
     grad_clip: float = Field(1.0, ge=0, description="Gradient-norm clip; 0 turns it off.")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on bf16 GPUs and on CPUs with AVX512-BF16/AMX; fp32 elsewhere.")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 autocast on bf16 GPUs, and on CPUs with AVX512-BF16/AMX for steps big enough to gain (measured; the embedded default's pretrain only); fp32 elsewhere. The metrics file records the precision used.")
     log_every: int = Field(10, ge=1, description="Steps between logged training metrics.")
     eval_every: int = Field(200, ge=1, description="Steps between evaluations on held-out test videos.")
     checkpoint_every: int = Field(100, ge=1, description="Steps between Ray Train checkpoints.")
