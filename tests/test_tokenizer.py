@@ -306,18 +306,21 @@ def test_every_parameter_gets_a_gradient():
 
 
 def test_release_init_gives_the_released_scales_and_vit_init_the_old_ones():
-    """`release` (the default): PyTorch-default linears, unit-scale encoder positions, zero query positions,
-    width^-0.5 decoder table; `vit`: std-0.02 linears and positions. Same seed, same weights."""
+    """`release`: PyTorch-default linears, unit-scale encoder positions, zero query positions, width^-0.5
+    decoder table; `vit` (the default): std-0.02 linears and positions. Same seed, same weights."""
     from components.tokenizer.model import DEFAULT_INIT
     from components.tokenizer.released import ReleasedCoordTok
 
-    assert DEFAULT_INIT == "release"
     torch.manual_seed(0)
-    rel = CoordTok(TINY, IMG, FRAMES)
+    rel = CoordTok(TINY, IMG, FRAMES, init="release")
     torch.manual_seed(0)
     again = CoordTok(TINY, IMG, FRAMES, init="release")
     assert all(torch.equal(a, b) for a, b in zip(rel.state_dict().values(), again.state_dict().values()))
+    torch.manual_seed(0)
     vit = CoordTok(TINY, IMG, FRAMES, init="vit")
+    torch.manual_seed(0)
+    assert all(torch.equal(a, b) for a, b in zip(vit.state_dict().values(),
+                                                 CoordTok(TINY, IMG, FRAMES, init=DEFAULT_INIT).state_dict().values()))
     rel.requires_grad_(False)
     vit.requires_grad_(False)
     d = TINY.enc_embed_dim
@@ -332,8 +335,10 @@ def test_release_init_gives_the_released_scales_and_vit_init_the_old_ones():
     for m in (vit.pos_embed, vit.cross_pos_embed, vit.query_pos_embed, vit.vit_blocks[0].mlp.fc1.weight):
         assert 0.015 < float(m.std()) < 0.025
     assert float(vit.vit_blocks[0].mlp.fc1.bias.abs().max()) == 0.0
-    table = ReleasedCoordTok(TINY, IMG, FRAMES).dec_pos_table.detach()
+    table = ReleasedCoordTok(TINY, IMG, FRAMES, init="release").dec_pos_table.detach()
     assert abs(float(table.std()) - TINY.dec_embed_dim ** -0.5) < 0.01
+    pos = CoordTok(TINY, IMG, FRAMES, init="positions").requires_grad_(False)  # vit linears, release positions
+    assert 0.9 < float(pos.pos_embed.std()) < 1.1 and 0.015 < float(pos.vit_blocks[0].mlp.fc1.weight.std()) < 0.025
     with pytest.raises(ValueError, match="unknown init scheme"):
         CoordTok(TINY, IMG, FRAMES, init="xavier")
 
