@@ -336,13 +336,16 @@ DEFAULT_INIT = "vit"
 
 
 def init_weights(model: nn.Module, scheme: str, positions: Sequence[Tensor], queries: Sequence[Tensor],
-                 query_pos: Tensor | None = None, query_blocks: Sequence[nn.Module] = ()) -> None:
+                 query_pos: Tensor | None = None, query_blocks: Sequence[nn.Module] = (),
+                 tables: Sequence[tuple[Tensor, float]] = ()) -> None:
     """Initialise `model` in place by `scheme` (see INIT_SCHEMES).
 
     positions: learned encoder position embeddings (and class tokens); queries: the learnable
     triplane query planes; query_pos: the query position embedding (CoordTok only);
     query_blocks: blocks whose attention projections the release initialises the way
-    nn.MultiheadAttention does (xavier-uniform, no bias).
+    nn.MultiheadAttention does (xavier-uniform, no bias); tables: (tensor, the release's std) of
+    other learned position tables. "vit" draws in the order this project always has, so a seed
+    gives the weights it gave before the schemes existed.
     """
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"unknown init scheme {scheme!r}; use one of {INIT_SCHEMES}")
@@ -378,13 +381,18 @@ def init_weights(model: nn.Module, scheme: str, positions: Sequence[Tensor], que
                 p.normal_(0.0, 1.0)  # torch.randn, as released
             else:
                 nn.init.trunc_normal_(p, std=0.02)
-        for p in queries:
-            nn.init.trunc_normal_(p, std=1.0, a=-2.0, b=2.0)
         if query_pos is not None:
             if scheme == "release":  # the release has none: start from zero (the query planes differ already)
                 nn.init.zeros_(query_pos)
             else:
                 nn.init.trunc_normal_(query_pos, std=0.02)
+        for p, release_std in tables:
+            if scheme in ("release", "positions"):
+                p.normal_(0.0, release_std)
+            else:
+                nn.init.trunc_normal_(p, std=0.02)
+        for p in queries:
+            nn.init.trunc_normal_(p, std=1.0, a=-2.0, b=2.0)
 
 
 class CoordTok(nn.Module):

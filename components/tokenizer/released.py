@@ -84,12 +84,8 @@ class ReleasedCoordTok(CoordTok):
         if not self._compat_built:  # CoordTok.__init__ calls this before the layers above exist
             return
         init_weights(self, self.init_scheme, positions=(self.pos_embed, self.cross_pos_embed, self.cls_token),
-                     queries=(self.query_xy, self.query_yt, self.query_xt), query_blocks=self.enc_blocks)
-        with torch.no_grad():  # the release scales its decoder table by width^-0.5
-            if self.init_scheme in ("release", "positions"):
-                self.dec_pos_table.normal_(0.0, self.dec_pos_table.shape[-1] ** -0.5)
-            else:
-                nn.init.trunc_normal_(self.dec_pos_table, std=0.02)
+                     queries=(self.query_xy, self.query_yt, self.query_xt), query_blocks=self.enc_blocks,
+                     tables=[(self.dec_pos_table, self.dec_pos_table.shape[-1] ** -0.5)])  # release: width^-0.5
 
     @property
     def config(self) -> dict:
