@@ -90,9 +90,12 @@ def _gloo_run(tmp: Path, processed: Path, world: int, steps: int | tuple[int, in
     return torch.load(out, weights_only=True)
 
 
-# Final-weight tolerance after 20 AdamW steps in fp32: the two runs add the same gradients in a
-# different order (per-rank sums, then gloo's), so they differ by float rounding only.
-WEIGHT_ATOL = 1e-5
+# Final-weight tolerance after 20 AdamW steps (lr 1e-3) in fp32: the runs add the same gradients in a
+# different order (per-rank sums, then gloo's), so they differ by float rounding only. The largest
+# differences (~1.4e-5 seen) are in attention key biases: softmax ignores them, so their gradient is
+# zero up to rounding, and Adam's normalisation turns that rounding into lr-sized steps. Losses agree
+# to ~1.4e-7 relative.
+WEIGHT_ATOL = 5e-5
 
 
 @pytest.mark.slow
