@@ -131,7 +131,7 @@ def main() -> None:
     from components.generator.store import LatentStore, LatentWriter, clip_rows
     from components.generator.transport import Transport
     from components.tokenizer.model import CoordTok
-    from components.tokenizer.training import to_unit
+    from components.data.pixels import to_unit
     from pipelines.train_sit import build_sit
 
     overrides: dict[str, dict] = {"data": {}, "tokenizer": {}, "train_sit": {}}

@@ -4,8 +4,9 @@ Reads the processed test split of a `dvc repro` (default `data/processed`, the e
 and, for the first `data.num_frames` frames of every test video, prints PSNR (dB, averaged over
 videos as the pretrain stage does) of:
 
-- temporal mean:   every frame replaced by the video's mean frame (the pretrain stage's baseline);
-- mean colour:     every pixel replaced by the video's mean RGB (3 numbers per video);
+- the training stages' baselines (components.metrics.baselines): mean colour (3 numbers per video),
+  same numbers (box-averaged to a grid holding as many values as the triplane, trilinear back up)
+  and temporal mean (every frame replaced by the video's mean frame; 8x the tiny triplane's values);
 - mean @ SxS:      the temporal mean frame area-downsampled to SxS and bilinearly upsampled, for S
                    the tokenizer's triplane H' = W' and 2H' (what a static S x S plane could hold);
 - each checkpoint: full reconstruction (`reconstruct`, the stage's decode_group_frames);
@@ -33,10 +34,12 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from components.config import load_params  # noqa: E402
+from components.data.pixels import to_uint8, to_unit  # noqa: E402
+from components.metrics.baselines import baseline_psnrs, same_numbers_grid, triplane_values  # noqa: E402
 from components.metrics.image import psnr  # noqa: E402
 from components.tokenizer.model import reconstruct  # noqa: E402
 from components.tokenizer.released import load_tokenizer  # noqa: E402
-from components.tokenizer.training import eval_clips, to_uint8, to_unit  # noqa: E402
+from components.tokenizer.training import eval_clips  # noqa: E402
 
 
 def _psnr(pred: np.ndarray, real: np.ndarray) -> float:
@@ -95,12 +98,16 @@ def main() -> int:
     checkpoints = args.checkpoint or [c for c in (REPO / "models/tokenizer/pretrain.pt",
                                                    REPO / "models/tokenizer/finetune.pt") if c.is_file()]
 
-    columns: dict[str, list[float]] = {"temporal mean": [], "mean colour": [], f"mean @ {s}x{s}": [],
-                                       f"mean @ {2 * s}x{2 * s}": []}
+    arch = params.tokenizer.arch
+    values = triplane_values(arch.latent_n_features, s, arch.latent_resolution_t)
+    grid = same_numbers_grid(values, clips.shape[1:4], (arch.latent_resolution_t, s, s))
+    base = baseline_psnrs(clips, valid, grid)
+    columns: dict[str, list[float]] = {
+        "mean colour": list(base["mean_colour"]),
+        f"same numbers {'x'.join(map(str, grid))}": list(base["same_numbers"]),
+        "temporal mean": list(base["temporal_mean"]), f"mean @ {s}x{s}": [], f"mean @ {2 * s}x{2 * s}": []}
     for clip, n in zip(clips, valid):
         real = clip[:n]
-        columns["temporal mean"].append(_psnr(np.broadcast_to(real.astype(np.float32).mean(0) / 255, real.shape), real))
-        columns["mean colour"].append(_psnr(np.broadcast_to(real.astype(np.float32).mean((0, 1, 2)) / 255, real.shape), real))
         columns[f"mean @ {s}x{s}"].append(_psnr(low_res_mean(real, s), real))
         columns[f"mean @ {2 * s}x{2 * s}"].append(_psnr(low_res_mean(real, 2 * s), real))
     for path in checkpoints:
@@ -112,13 +119,14 @@ def main() -> int:
     per_class = frame.groupby("cls").mean()
     rows = [[c, *(f"{v:.2f}" for v in per_class.loc[c])] for c in per_class.index]
     rows.append(["all (mean over videos)", *(f"{frame[k].mean():.2f}" for k in columns)])
-    rows.append(["all but StaticScene", *(f"{frame[frame.cls != 'StaticScene'][k].mean():.2f}" for k in columns)])
     print(f"# {len(ids)} test videos from {args.processed}, first {params.data.num_frames} frames at "
-          f"{params.data.img_size}x{params.data.img_size}; triplane H'=W'={s}")
+          f"{params.data.img_size}x{params.data.img_size}; triplane H'=W'={s}, T'={arch.latent_resolution_t}: {values} values; "
+          f"same-numbers grid {'x'.join(map(str, grid))} x 3 = {3 * int(np.prod(grid))} values; temporal mean "
+          f"{3 * clips.shape[2] * clips.shape[3]} values")
     print(table(["class", *columns], rows, title="== PSNR (dB) of reference reconstructions and tokenizers =="))
     print_json("tokenizer_references", {
         "videos": len(ids), "img_size": params.data.img_size, "num_frames": params.data.num_frames,
-        "latent_resolution_xy": s, "checkpoints": [str(c) for c in checkpoints],
+        "latent_resolution_xy": s, "triplane_values": values, "same_numbers_grid": list(grid), "checkpoints": [str(c) for c in checkpoints],
         "mean": {k: float(frame[k].mean()) for k in columns},
         "per_class": {c: {k: float(per_class.loc[c, k]) for k in columns} for c in per_class.index},
     })

@@ -79,12 +79,8 @@ class EvalWorker:
         """Reconstruct test clips: per-video metrics and dynamics, rFVD features, a few samples."""
         from components.metrics.dynamics import dynamics_score
         from components.metrics.lpips import LPIPS
-        from components.metrics.video_eval import (
-            mask_padding,
-            per_video_recon_metrics,
-            reconstruct_clips,
-        )
-        from components.tokenizer.training import eval_clips
+        from components.metrics.video_eval import mask_padding, per_video_recon_metrics
+        from components.tokenizer.training import baseline_grid, eval_clips, reconstruct_clips
 
         s = self.spec
         if self.lpips is None:
@@ -93,7 +89,8 @@ class EvalWorker:
         start = time.perf_counter()
         recon = reconstruct_clips(self.tokenizer, clips, valid, s["group_frames"], self.device, self.amp, s["batch_size"])
         decode_s = time.perf_counter() - start
-        metrics = per_video_recon_metrics(clips, recon, valid, self.lpips, self.device)
+        metrics = per_video_recon_metrics(clips, recon, valid, self.lpips, self.device,
+                                          baseline_grid(self.tokenizer.arch, clips.shape[1:4]))
         dyn = np.array([float(dynamics_score(c[None, :n])[0]) for c, n in zip(clips, valid)])
         start = time.perf_counter()
         real_f = self._features(clips, None, True)["full"]
@@ -118,7 +115,7 @@ class EvalWorker:
             video_generators,
         )
         from components.tokenizer.model import reconstruct
-        from components.tokenizer.training import to_uint8
+        from components.data.pixels import to_uint8
 
         s, sit = self.spec, self.sit
         gens = video_generators(s["seed"], indices)
@@ -203,6 +200,18 @@ def _finite(v: Any) -> Any:
     return v
 
 
+def _baseline_sizes(arch: Any, data: Any) -> dict[str, Any]:
+    """What the evaluated tokenizer's triplane and the same-numbers / temporal-mean baselines keep."""
+    from components.metrics.baselines import triplane_values
+    from components.tokenizer.training import baseline_grid
+
+    grid = baseline_grid(arch, (data.num_frames, data.img_size, data.img_size))
+    return {"triplane_values": triplane_values(arch.latent_n_features, arch.latent_resolution_xy,
+                                               arch.latent_resolution_t),
+            "baseline_same_numbers_grid": list(grid), "baseline_same_numbers_values": 3 * int(np.prod(grid)),
+            "baseline_temporal_mean_values": 3 * data.img_size * data.img_size}
+
+
 def _check_inputs(params: Params, root: Path) -> dict[str, Any]:
     """Every check a user can fail, before any compute: files, geometry, clip lengths."""
     from components.generator.checkpoint import load_sit
@@ -235,7 +244,7 @@ def _check_inputs(params: Params, root: Path) -> dict[str, Any]:
         raise UserError(f"the processed index has {len(train)} train and {len(test)} test videos; evaluation needs at "
                         "least 2 of each (check data.split and the preprocess report)")
     return {"processed": processed, "tokenizer_path": tok_path, "sit_path": sit_path, "test": test, "train": train,
-            "tokens": arch.num_tokens, "sit_arch": dict(sit.config["arch"]), "sit_step": None}
+            "tokens": arch.num_tokens, "arch": arch, "sit_arch": dict(sit.config["arch"]), "sit_step": None}
 
 
 def _resolve_weights(params: Params) -> tuple[dict[str, dict[str, Any]], Path | None]:
@@ -346,6 +355,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
         aggregate_recon,
         contact_sheet,
         paper_table_markdown,
+        per_class_table,
         pick_evenly,
         real_clip_plan,
         scatter_png,
@@ -419,6 +429,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
         # ---- reconstruction + dynamics
         rec = aggregate_recon([r["metrics"] for r in recon_res])
         rec["rfvd"] = fvd_of([r["real"] for r in recon_res], [r["recon"] for r in recon_res])
+        rec.update(_baseline_sizes(inputs["arch"], data))
         per_psnr = np.concatenate([r["metrics"]["psnr"] for r in recon_res])
         dyn = np.concatenate([r["dynamics"] for r in recon_res])
         ids = [i for r in recon_res for i in r["ids"]]
@@ -495,6 +506,11 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
             dyn, per_psnr, f"dynamics vs reconstruction PSNR (r = {r_value:.3f}, n = {len(dyn)})",
             "dynamics (mean |frame difference|, [0, 1])", "PSNR (dB)"))
         (staged / "paper_table.md").write_text(paper_table_markdown(metrics))
+        per_video = {k: np.concatenate([r["metrics"][k] for r in recon_res]) for k in recon_res[0]["metrics"]}
+        classes = test.set_index("video_id").loc[ids, "class_name"].tolist()
+        (staged / "reconstruction_by_class.md").write_text(
+            "# Test reconstruction PSNR per class (motion family), beside same-clip baselines\n\n"
+            + per_class_table(classes, per_video))
         commit_dir(staged, root / REPORTS_DIR)
 
         from pipelines.common.tracking import flatten

@@ -70,7 +70,7 @@ class ClipEncoder:
         """Triplanes of a batch of clips, cast to the store dtype."""
         import torch
 
-        from components.tokenizer.training import to_unit
+        from components.data.pixels import to_unit
 
         video = to_unit(torch.from_numpy(clips).to(self.device))
         valid = torch.as_tensor(np.asarray(n_valid, np.int64), device=self.device)

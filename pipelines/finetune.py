@@ -22,6 +22,7 @@ import torch
 from components.config import Params, resolve_path, validate_params
 from components.errors import UserError
 from pipelines.common import trainer
+from pipelines.common.trainer import BASELINE_COLUMNS, baseline_fields, baseline_summary_rows
 from pipelines.common.cli import main_for, quiet_third_party
 from pipelines.common.report import print_summary
 from pipelines.common.tracking import resolve_tracking_uri, stage_run
@@ -66,9 +67,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from components.tokenizer.finetuning import (
         FrameSampler, FrameSamplingModel, frame_loss_backward, group_frames, valid_frame_mask,
     )
+    from components.data.pixels import to_unit
     from components.data.sampling import SamplePlan
     from components.parallel import global_sum, micro_step
-    from components.tokenizer.training import adamw_with_schedule, eval_clips, evaluate_reconstruction, to_unit
+    from components.tokenizer.training import adamw_with_schedule, eval_clips, evaluate_reconstruction
 
     params = validate_params(config["params"])
     data, tok, cfg = params.data, params.tokenizer, params.finetune
@@ -135,7 +137,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if worker.is_main and worker.is_eval_step(done):
             res = evaluate_reconstruction(core, eval_x, eval_n, tok.decode_group_frames, device, worker.amp,
                                           perceptual=eval_lpips)
-            row.update(test_psnr=res.psnr, test_ssim=res.ssim, test_lpips=res.lpips, baseline_psnr=res.baseline_psnr)
+            row.update(test_psnr=res.psnr, test_ssim=res.ssim, test_lpips=res.lpips, **res.baseline_row())
             with tempfile.TemporaryDirectory() as tmp:
                 n = int(eval_n[0])
                 paths = write_previews(tmp, f"{eval_ids[0]}_step{done:06d}", eval_x[0][:n], res.recon[0][:n])
@@ -207,7 +209,7 @@ def finetune(params: Params, root: Path) -> dict[str, Any]:
             "train_lpips": float(history["lpips"].iloc[-1]),
             "test_psnr": float(last_eval["test_psnr"]), "test_ssim": float(last_eval["test_ssim"]),
             "test_lpips": float(last_eval["test_lpips"]), "lpips_backbone": cfg.eval_lpips_backbone,
-            "baseline_temporal_mean_psnr": float(last_eval["baseline_psnr"]),
+            **baseline_fields(last_eval, tok.arch, params.data),
             "num_tokens": tok.arch.num_tokens, "preset": tok.preset, "standin_weights": standin,
             "precision": state.get("precision", "fp32"),
         }
@@ -219,7 +221,7 @@ def finetune(params: Params, root: Path) -> dict[str, Any]:
         trainer.save_model_file(root / MODEL_OUT, {"config": state["config"], "model": state["model"],
                                                    "step": state["step"], "standin_weights": standin})
         trainer.write_curves(root / PLOTS_DIR, state["history"], ["loss", "l2", "lpips", "lr"],
-                             ["test_psnr", "test_ssim", "test_lpips", "baseline_psnr"])
+                             ["test_psnr", "test_ssim", "test_lpips", *BASELINE_COLUMNS])
         trainer.write_metrics(root / METRICS_OUT, summary, wall)
         if params.mlflow.register_models:
             _register(params, root, run.info.run_id, state["config"])
@@ -227,6 +229,7 @@ def finetune(params: Params, root: Path) -> dict[str, Any]:
                                ("train loss first -> last", f"{summary['train_loss_first']:.4f} -> {summary['train_loss']:.4f}"),
                                ("test PSNR (dB)", summary["test_psnr"]), ("test SSIM", summary["test_ssim"]),
                                (f"test LPIPS ({cfg.eval_lpips_backbone})", summary["test_lpips"]),
+                               *baseline_summary_rows(summary),
                                ("stand-in weights", standin), ("wall seconds", wall), ("model", MODEL_OUT)])
     return summary
 

@@ -19,6 +19,7 @@ import pandas as pd
 from components.config import Params, resolve_path, validate_params
 from components.errors import UserError
 from pipelines.common import trainer
+from pipelines.common.trainer import BASELINE_COLUMNS, baseline_fields, baseline_summary_rows
 from pipelines.common.cli import main_for, quiet_third_party
 from pipelines.common.report import print_summary
 from pipelines.common.tracking import resolve_tracking_uri, stage_run
@@ -67,7 +68,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> dict[str, Any] | None:
         row: dict[str, float] = {"loss": loss, "lr": runner.lr}
         if worker.is_main and worker.is_eval_step(done):
             res = runner.evaluate()
-            row.update(test_psnr=res.psnr, test_ssim=res.ssim, baseline_psnr=res.baseline_psnr,
+            row.update(test_psnr=res.psnr, test_ssim=res.ssim, **res.baseline_row(),
                        cpu_seconds=time.process_time() - cpu0, wall_seconds=time.perf_counter() - wall0)
             with tempfile.TemporaryDirectory() as tmp:
                 n = int(runner.eval_n[0])
@@ -106,19 +107,18 @@ def pretrain(params: Params, root: Path) -> dict[str, Any]:
         summary = {
             "step": int(state["step"]), "train_loss": float(history["loss"].iloc[-1]),
             "test_psnr": float(last_eval["test_psnr"]), "test_ssim": float(last_eval["test_ssim"]),
-            "baseline_temporal_mean_psnr": float(last_eval["baseline_psnr"]),
-            "psnr_gain_over_baseline": float(last_eval["test_psnr"] - last_eval["baseline_psnr"]),
+            **baseline_fields(last_eval, arch, params.data),
             "num_tokens": arch.num_tokens, "preset": tok.preset, "precision": state.get("precision", "fp32"),
         }
         trainer.save_model_file(root / MODEL_OUT, {"config": state["config"], "model": state["model"],
                                                    "step": state["step"]})
         trainer.write_curves(root / PLOTS_DIR, state["history"], ["loss", "lr"],
-                             ["test_psnr", "test_ssim", "baseline_psnr", "cpu_seconds", "wall_seconds"])
+                             ["test_psnr", "test_ssim", *BASELINE_COLUMNS, "cpu_seconds", "wall_seconds"])
         trainer.write_metrics(root / METRICS_OUT, summary, wall)
     print_summary("pretrain", [("preset", tok.preset), ("tokens", arch.num_tokens), ("steps", summary["step"]),
                                ("final train loss", summary["train_loss"]), ("test PSNR (dB)", summary["test_psnr"]),
                                ("test SSIM", summary["test_ssim"]),
-                               ("temporal-mean baseline PSNR", summary["baseline_temporal_mean_psnr"]),
+                               *baseline_summary_rows(summary),
                                ("wall seconds", wall), ("model", MODEL_OUT)])
     return summary
 

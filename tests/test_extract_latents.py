@@ -99,7 +99,7 @@ def extract_root(tmp_path_factory, ray_local) -> Path:
 def test_extract_latents_stage_encodes_every_clip_with_exact_stats(extract_root):
     from components.data.store import FrameFile
     from components.tokenizer.released import load_tokenizer
-    from components.tokenizer.training import to_unit
+    from components.data.pixels import to_unit
     from pipelines.extract_latents import extract_latents
 
     root = extract_root

@@ -126,7 +126,8 @@ def test_pretrain_stage_writes_outputs_and_tracks_run(tmp_path, processed, ray_l
     assert ckpt["step"] == 6 and "arch" in ckpt["config"] and ckpt["model"]
     metrics = yaml.safe_load((root / "metrics/pretrain.json").read_text())
     assert metrics == summary
-    for key in ("test_psnr", "test_ssim", "baseline_temporal_mean_psnr", "psnr_gain_over_baseline", "train_loss"):
+    for key in ("test_psnr", "test_ssim", "baseline_mean_colour_psnr", "baseline_same_numbers_psnr",
+                "baseline_temporal_mean_psnr", "psnr_gain_over_same_numbers", "train_loss"):
         assert np.isfinite(metrics[key])
     assert metrics["num_tokens"] == 192 and metrics["precision"] in ("bf16", "fp32")
     loss = pd.read_csv(root / "plots/pretrain/loss.csv")

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from components.metrics.baselines import BASELINES, baseline_psnrs
 from components.metrics.image import psnr, ssim
 from components.paper import GENERATION, RECONSTRUCTION
 
@@ -52,24 +53,6 @@ def real_clip_plan(lengths: Sequence[int], count: int, clip_len: int, seed: int)
 # ------------------------------------------------------------------------------------ reconstruction
 
 
-@torch.no_grad()
-def reconstruct_clips(model, clips: np.ndarray, valid: np.ndarray, group_frames: int, device: torch.device,
-                      autocast_dtype: torch.dtype | None = None, batch_size: int = 4) -> np.ndarray:
-    """Encode + batched full decode of uint8 clips [B, T, H, W, 3] -> uint8 reconstructions."""
-    from components.tokenizer.model import reconstruct
-    from components.tokenizer.training import to_uint8, to_unit
-
-    model.eval()
-    out = []
-    for i in range(0, len(clips), batch_size):
-        video = to_unit(torch.from_numpy(clips[i:i + batch_size]).to(device))
-        n = torch.from_numpy(np.asarray(valid[i:i + batch_size])).to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            planes = model.encode(video, n)
-            out.append(to_uint8(reconstruct(model, planes, group_frames=group_frames)))
-    return np.concatenate(out) if out else np.zeros_like(clips)
-
-
 def mask_padding(recon: np.ndarray, real: np.ndarray, valid: Sequence[int]) -> np.ndarray:
     """A copy of `recon` whose frames beyond each video's real length are the real (padding) frames."""
     out = recon.copy()
@@ -80,10 +63,15 @@ def mask_padding(recon: np.ndarray, real: np.ndarray, valid: Sequence[int]) -> n
 
 @torch.no_grad()
 def per_video_recon_metrics(real: np.ndarray, recon: np.ndarray, valid: Sequence[int], perceptual=None,
-                            device: torch.device | str = "cpu") -> dict[str, np.ndarray]:
+                            device: torch.device | str = "cpu",
+                            baseline_grid: Sequence[int] | None = None) -> dict[str, np.ndarray]:
     """Per video: psnr, ssim (NaN for frames under 11x11), lpips_sum (sum over its real frames; NaN without
-    `perceptual`) and frames (its real frame count). `perceptual`: [N,3,H,W] in [-1,1] pairs -> [N]."""
+    `perceptual`) and frames (its real frame count). `perceptual`: [N,3,H,W] in [-1,1] pairs -> [N].
+    With `baseline_grid` (the same-numbers grid of the tokenizer's triplane) also baseline_<name>: the PSNR
+    of each naive baseline of components.metrics.baselines on the same video."""
     out = {k: np.zeros(len(real)) for k in ("psnr", "ssim", "lpips_sum", "frames")}
+    if baseline_grid is not None:
+        out.update({f"baseline_{k}": v for k, v in baseline_psnrs(real, valid, baseline_grid).items()})
     for i, (r, c, n) in enumerate(zip(recon, real, valid)):
         n = int(n)
         truth = torch.from_numpy(c[:n]).float().div(255)[None]
@@ -106,8 +94,25 @@ def aggregate_recon(parts: Sequence[dict[str, np.ndarray]]) -> dict[str, float]:
     frames = cat["frames"].sum()
     lp = float(cat["lpips_sum"].sum() / frames) if frames and not np.isnan(cat["lpips_sum"]).any() else float("nan")
     ssim_ok = cat["ssim"][~np.isnan(cat["ssim"])]
-    return {"psnr": float(cat["psnr"].mean()), "ssim": float(ssim_ok.mean()) if ssim_ok.size else float("nan"),
-            "lpips": lp, "videos": len(cat["psnr"]), "frames": int(frames)}
+    out = {"psnr": float(cat["psnr"].mean()), "ssim": float(ssim_ok.mean()) if ssim_ok.size else float("nan"),
+           "lpips": lp, "videos": len(cat["psnr"]), "frames": int(frames)}
+    out.update({f"baseline_{name}_psnr": float(cat[f"baseline_{name}"].mean())
+                for name in BASELINES if f"baseline_{name}" in cat})
+    return out
+
+
+def per_class_table(classes: Sequence[str], per_video: dict[str, np.ndarray]) -> str:
+    """Markdown: per class (motion family), videos and the mean PSNR of the model and of each baseline."""
+    names = [("psnr", "model")] + [(f"baseline_{b}", b.replace("_", " ")) for b in BASELINES
+                                   if f"baseline_{b}" in per_video]
+    classes = np.asarray(classes)
+    lines = ["| class | videos | " + " | ".join(f"{label} PSNR (dB)" for _, label in names) + " |",
+             "|---|---:|" + "---:|" * len(names)]
+    for c in [*sorted(set(classes)), None]:
+        pick = np.ones(len(classes), bool) if c is None else classes == c
+        cells = " | ".join(f"{float(np.mean(np.asarray(per_video[k])[pick])):.2f}" for k, _ in names)
+        lines.append(f"| {'all (mean over videos)' if c is None else c} | {int(pick.sum())} | {cells} |")
+    return "\n".join(lines) + "\n"
 
 
 # ------------------------------------------------------------------------------------ cost

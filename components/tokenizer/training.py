@@ -12,7 +12,7 @@ import io
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -20,21 +20,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from components.data.pixels import to_uint8, to_unit
 from components.data.sampling import SamplePlan, item_rng, read_clip, sample_patches
 from components.data.store import FrameFile
 from components.io import atomic_write_bytes, atomic_write_json
+from components.metrics.baselines import BASELINES, baseline_psnrs, baseline_summary, same_numbers_grid, triplane_values
 from components.metrics.image import psnr, ssim
 
 # ---------------------------------------------------------------------------------------- data
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 pixels -> float in [-1, 1] (done on the training device: 4x fewer bytes to move)."""
-    return x.float().div_(127.5).sub_(1.0)
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu().numpy()
 
 
 class ClipSampler:
@@ -119,10 +112,45 @@ def adamw_with_schedule(parameters, cfg: Any, betas: tuple[float, float] = (0.9,
 class ReconResult:
     psnr: float
     ssim: float
-    baseline_psnr: float          # every frame replaced by its video's temporal mean frame
+    baselines: dict[str, Any]     # components.metrics.baselines.baseline_summary of the same clips
     per_video_psnr: list[float]
     recon: np.ndarray             # uint8 [B, T, H, W, 3]
     lpips: float | None = None    # mean over real frames, when a perceptual metric was given
+    per_video_baselines: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def baseline_psnr(self) -> float:
+        """The temporal-mean baseline (8x the tiny triplane's numbers; kept for comparison)."""
+        return float(self.baselines["baseline_temporal_mean_psnr"])
+
+    def baseline_row(self) -> dict[str, float]:
+        """The baselines' PSNRs as curve/MLflow metrics (baseline_<name>_psnr)."""
+        return {f"baseline_{name}_psnr": float(self.baselines[f"baseline_{name}_psnr"]) for name in BASELINES}
+
+
+def baseline_grid(arch: Any, clip_thw: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The same-numbers baseline's grid for a triplane geometry (see components.metrics.baselines)."""
+    s, t = arch.latent_resolution_xy, arch.latent_resolution_t
+    return same_numbers_grid(triplane_values(arch.latent_n_features, s, t), clip_thw, (t, s, s))
+
+
+@torch.no_grad()
+def reconstruct_clips(model, clips: np.ndarray, valid: np.ndarray, group_frames: int, device: torch.device,
+                      autocast_dtype: torch.dtype | None = None, batch_size: int = 4) -> np.ndarray:
+    """Encode + batched full decode of uint8 clips [B, T, H, W, 3] -> uint8 reconstructions (eval mode)."""
+    from components.tokenizer.model import reconstruct
+
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(clips), batch_size):
+        video = to_unit(torch.from_numpy(clips[i:i + batch_size]).to(device))
+        n = torch.from_numpy(np.asarray(valid[i:i + batch_size])).to(device)
+        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
+            planes = model.encode(video, n)
+            out.append(to_uint8(reconstruct(model, planes, group_frames=group_frames)))
+    model.train(was_training)
+    return np.concatenate(out) if out else np.zeros_like(clips)
 
 
 @torch.no_grad()
@@ -130,29 +158,18 @@ def evaluate_reconstruction(model, clips: np.ndarray, valid: np.ndarray, group_f
                             device: torch.device, autocast_dtype: torch.dtype | None = None,
                             batch_size: int = 4, perceptual=None) -> ReconResult:
     """Encode and fully reconstruct test clips; PSNR/SSIM (and LPIPS when `perceptual` is given:
-    frames [N, 3, H, W] in [-1, 1] -> [N]) over their real (unpadded) frames."""
-    from components.tokenizer.model import reconstruct
-
-    was_training = model.training
-    model.eval()
-    recons = []
-    for i in range(0, len(clips), batch_size):
-        video = to_unit(torch.from_numpy(clips[i:i + batch_size]).to(device))
-        n = torch.from_numpy(valid[i:i + batch_size]).to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-            planes = model.encode(video, n)
-            out = reconstruct(model, planes, group_frames=group_frames)
-        recons.append(to_uint8(out))
-    model.train(was_training)
-    recon = np.concatenate(recons)
-    p_list, s_list, b_list = [], [], []
+    frames [N, 3, H, W] in [-1, 1] -> [N]) over their real (unpadded) frames, beside the naive
+    baselines of the same clips (components.metrics.baselines; the same-numbers grid from the
+    model's triplane geometry)."""
+    recon = reconstruct_clips(model, clips, valid, group_frames, device, autocast_dtype, batch_size)
+    p_list, s_list = [], []
     for r, c, n in zip(recon, clips, valid):
         real = torch.from_numpy(c[:n]).float().div(255)[None]
         pred = torch.from_numpy(r[:n]).float().div(255)[None]
-        mean = real.mean(dim=1, keepdim=True).expand_as(real)
         p_list.append(psnr(pred, real).item())
-        b_list.append(psnr(mean, real).item())
         s_list.append(ssim(pred, real).item() if min(real.shape[2:4]) >= 11 else float("nan"))
+    grid = baseline_grid(model.arch, clips.shape[1:4])
+    per_video = baseline_psnrs(clips, valid, grid)
     lp = None
     if perceptual is not None:
         dists = []
@@ -161,7 +178,9 @@ def evaluate_reconstruction(model, clips: np.ndarray, valid: np.ndarray, group_f
             y = torch.from_numpy(c[:n]).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1)
             dists.append(perceptual(x, y).float().cpu())
         lp = float(torch.cat(dists).mean())
-    return ReconResult(float(np.mean(p_list)), float(np.nanmean(s_list)), float(np.mean(b_list)), p_list, recon, lp)
+    return ReconResult(float(np.mean(p_list)), float(np.nanmean(s_list)),
+                       baseline_summary(per_video, grid, clips.shape[2:4], clips.shape[4]), p_list, recon, lp,
+                       {k: [float(v) for v in vals] for k, vals in per_video.items()})
 
 
 # ----------------------------------------------------------------------------------- state files

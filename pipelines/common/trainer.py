@@ -328,3 +328,35 @@ def write_metrics(path: Path, summary: dict[str, Any], wall_seconds: float) -> N
                         if isinstance(v, (int, float)) and not isinstance(v, bool)})
     mlflow.log_metric("wall_seconds", wall_seconds)
     mlflow.log_artifact(str(path))
+
+
+# ------------------------------------------------------------------ naive baselines beside the model
+
+BASELINE_COLUMNS = tuple(f"baseline_{name}_psnr" for name in ("mean_colour", "same_numbers", "temporal_mean"))
+
+
+def baseline_fields(last_eval: Any, arch: Any, data: Any) -> dict[str, Any]:
+    """The metrics-file fields of the naive baselines at the last evaluation (same test clips as
+    test_psnr; components.metrics.baselines), with what each keeps and the model's gain over the
+    same-numbers one (the bar: a codec as large as the triplane)."""
+    from components.metrics.baselines import triplane_values
+    from components.tokenizer.training import baseline_grid
+
+    grid = baseline_grid(arch, (data.num_frames, data.img_size, data.img_size))
+    fields: dict[str, Any] = {k: float(last_eval[k]) for k in BASELINE_COLUMNS}
+    fields.update({
+        "psnr_gain_over_same_numbers": float(last_eval["test_psnr"] - last_eval["baseline_same_numbers_psnr"]),
+        "triplane_values": triplane_values(arch.latent_n_features, arch.latent_resolution_xy, arch.latent_resolution_t),
+        "baseline_same_numbers_grid": list(grid), "baseline_same_numbers_values": 3 * grid[0] * grid[1] * grid[2],
+        "baseline_temporal_mean_values": 3 * data.img_size * data.img_size,
+    })
+    return fields
+
+
+def baseline_summary_rows(summary: dict[str, Any]) -> list[tuple[str, Any]]:
+    """Summary-table rows of the baselines, labelled with the numbers each keeps."""
+    return [("mean-colour baseline PSNR (3 values)", summary["baseline_mean_colour_psnr"]),
+            (f"same-numbers baseline PSNR ({summary['baseline_same_numbers_values']:,} values)",
+             summary["baseline_same_numbers_psnr"]),
+            (f"temporal-mean baseline PSNR ({summary['baseline_temporal_mean_values']:,} values)",
+             summary["baseline_temporal_mean_psnr"])]
