@@ -46,6 +46,8 @@ METRIC_ALIASES: dict[str, tuple[str, ...]] = {
                   "gen_peak_memory_gb", "peak_memory_gb", "gpu_memory_gb"),
 }
 MEDIA_KINDS = {".mp4": "video", ".webm": "video", ".gif": "image", ".png": "image", ".jpg": "image", ".jpeg": "image"}
+# Naive baselines logged at every evaluation (components/metrics/baselines.py): flat lines on test_psnr.
+BASELINE_CURVES = ("baseline_same_numbers_psnr", "baseline_mean_colour_psnr", "baseline_temporal_mean_psnr")
 # System metrics worth a learning curve (MLflow samples a dozen; disk and network say little here).
 SYSTEM_CURVES = ("cpu_utilization", "system_memory_usage_megabytes", "gpu_utilization", "gpu_memory_usage_megabytes")
 TAG_COLUMNS = {"weights.standin": "standin", "dvc.exp_name": "dvc exp", "git.commit": "commit",
@@ -156,8 +158,25 @@ def _frontier(runs: list[Any]) -> list[dict[str, Any]]:
     return points
 
 
-def _curves(client: Any, runs: list[Any], runs_per_stage: int, charts_per_stage: int) -> dict[str, Any]:
-    """{stage: {metric: [{run, points: [[step, value], ...]}]}} for metrics with at least 2 points."""
+def _baseline_label(key: str, metrics: dict[str, float]) -> str:
+    """Legend of a baseline line, with how many values it keeps next to the triplane's."""
+    triplane = _finite(metrics.get("final_triplane_values"))
+    if key == "baseline_mean_colour_psnr":
+        return "mean-colour baseline (3 values)"
+    if key == "baseline_same_numbers_psnr":
+        return "same-numbers baseline (as many values as the triplane)"
+    values = _finite(metrics.get("final_baseline_temporal_mean_values"))
+    if values and triplane:
+        return f"temporal-mean baseline ({values:,.0f} values: {values / triplane:.0f}x the triplane)"
+    return "temporal-mean baseline (a whole frame of values: larger than the triplane)"
+
+
+def _curves(client: Any, runs: list[Any], runs_per_stage: int, charts_per_stage: int,
+            refs: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """{stage: {metric: [{run, points: [[step, value], ...]}]}} for metrics with at least 2 points.
+
+    The naive baselines (BASELINE_CURVES) get no chart of their own: the newest run's last value of
+    each goes into `refs` ({stage: [{metric, name, value}]}), drawn as a flat line on test_psnr."""
     by_stage: dict[str, list[Any]] = {}
     for run in runs:
         by_stage.setdefault(run.data.tags.get("stage", "?"), []).append(run)
@@ -170,6 +189,12 @@ def _curves(client: Any, runs: list[Any], runs_per_stage: int, charts_per_stage:
             for key in sorted(keys, key=lambda k: (k.startswith("system/"), k)):
                 history = client.get_metric_history(run.info.run_id, key)
                 points = sorted([[m.step, m.value] for m in history if _finite(m.value) is not None])
+                if key in BASELINE_CURVES:
+                    stage_refs = refs.setdefault(stage, []) if refs is not None else []
+                    if points and key not in {r["metric"] for r in stage_refs}:
+                        stage_refs.append({"metric": key, "name": _baseline_label(key, run.data.metrics),
+                                           "value": points[-1][1]})
+                    continue
                 if len({p[0] for p in points}) < 2:
                     continue
                 if key not in charts and len(charts) >= charts_per_stage:
@@ -332,6 +357,7 @@ def build_dashboard(tracking_uri: str, experiment: str = "coordtok", sweep_stora
         sweep, sweep_note = (_sweep(sweep_storage) if sweep_storage else
                              (None, "no sweep storage given (sweep.storage, or dashboard.include_sweep: false)"))
         paper = paper_rows or {"reconstruction": RECONSTRUCTION, "generation": GENERATION}
+        refs: dict[str, list[dict[str, Any]]] = {}
         data = {
             "experiment": experiment, "tracking_uri": tracking_uri,
             "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -340,7 +366,8 @@ def build_dashboard(tracking_uri: str, experiment: str = "coordtok", sweep_stora
             "runs": rows, "key_metrics": _key_metrics(rows),
             "frontier": _frontier(runs), "paper": paper,
             "sweep": sweep, "sweep_note": sweep_note,
-            "curves": _curves(client, runs, curve_runs_per_stage, charts_per_stage) if client else {},
+            "curves": _curves(client, runs, curve_runs_per_stage, charts_per_stage, refs) if client else {},
+            "curve_refs": refs,
             "generation": _generation(runs),
             "media": _media(client, runs, staged, media_runs, media_per_run) if client else [],
         }

@@ -68,11 +68,16 @@ def write_demo_store(folder: str | os.PathLike, with_sweep: bool = True, with_me
         loss = [(s, 0.02 + 0.2 * math.exp(-s / (40 + tokens / 8)) + 0.002 * rng.standard_normal()) for s in steps]
         psnr_final = 18 + 3.2 * math.log2(tokens / 48)
         psnr = [(s, psnr_final - 6 * math.exp(-s / 60)) for s in (50, 100, 150, 200)]
+        # naive baselines of the same test clips, logged at every evaluation (flat)
+        baselines = {"baseline_mean_colour_psnr": 14.3, "baseline_same_numbers_psnr": 17 + tokens / 64,
+                     "baseline_temporal_mean_psnr": 23.5}
         rid = run("pretrain", f"CoordTok-tiny xy={xy} t={t} ratio=0.125",
-                  {"final_test_psnr": psnr_final, "final_num_tokens": tokens, "final_train_loss": loss[-1][1]},
+                  {"final_test_psnr": psnr_final, "final_num_tokens": tokens, "final_train_loss": loss[-1][1],
+                   "final_triplane_values": 8 * tokens, "final_baseline_temporal_mean_values": 12288},
                   {"tokenizer.preset": "CoordTok-tiny", "tokenizer.latent_resolution_xy": str(xy),
                    "tokenizer.latent_resolution_t": str(t), "pretrain.sampling_ratio": "0.125"},
-                  histories={"loss": loss, "test_psnr": psnr})
+                  histories={"loss": loss, "test_psnr": psnr,
+                             **{k: [(st, v) for st, _ in psnr] for k, v in baselines.items()}})
         ids[f"pretrain_{tokens}"] = rid
     ft = run("finetune", "CoordTok-tiny lpips=1.0", {"final_test_psnr": 24.5, "final_test_lpips": 0.21, "num_tokens": 192},
              {"tokenizer.preset": "CoordTok-tiny"}, histories={"loss": [(s, 0.05 / (1 + s / 50)) for s in range(5, 105, 5)]},

@@ -107,3 +107,17 @@ def test_summary_fields():
     assert s["baseline_temporal_mean_psnr"] == 32.0
     assert s["baseline_same_numbers_values"] == 1536 and s["baseline_temporal_mean_values"] == 12288
     assert s["baseline_same_numbers_grid"] == [8, 8, 8]
+
+
+def test_metrics_and_data_do_not_import_the_tokenizer():
+    # Dependencies point down: tokenizer -> metrics -> data, never back up (issue 14, item 8).
+    import ast
+    import pathlib
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "components"
+    for folder in ("metrics", "data"):
+        for path in (root / folder).glob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                    [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+                assert not [n for n in names if n.startswith("components.tokenizer")], path

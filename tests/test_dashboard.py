@@ -51,6 +51,13 @@ def test_build_from_fixture_store(demo):
     loss = data["curves"]["pretrain"]["loss"]
     assert len(loss) == 3 and all([p[0] for p in r["points"]] == list(range(10, 210, 10)) for r in loss)
     assert "sweep" not in data["curves"]  # trials log single values only
+    # naive baselines: no charts of their own, one flat reference each for the test-PSNR chart,
+    # from the newest pretrain run (xy=8, t=16: 320 tokens x 8 channels = 2,560 values)
+    assert not [k for k in data["curves"]["pretrain"] if k.startswith("baseline_")]
+    refs = {r["metric"]: r for r in data["curve_refs"]["pretrain"]}
+    assert set(refs) == {"baseline_mean_colour_psnr", "baseline_same_numbers_psnr", "baseline_temporal_mean_psnr"}
+    assert refs["baseline_same_numbers_psnr"]["value"] == pytest.approx(17 + 320 / 64)
+    assert refs["baseline_temporal_mean_psnr"]["name"] == "temporal-mean baseline (12,288 values: 5x the triplane)"
 
     # sweep: the Pareto front equals a brute-force non-dominated filter of the trials
     sweep = data["sweep"]

@@ -21,15 +21,16 @@ from components.metrics.video_eval import (
     mask_padding,
     measure_peak,
     paper_table_markdown,
+    per_class_table,
     per_video_recon_metrics,
     pick_evenly,
     real_clip_plan,
-    reconstruct_clips,
     scatter_png,
     tile_videos,
 )
 from components.tokenizer.model import CoordTok
 from components.tokenizer.presets import TOKENIZER_PRESETS
+from components.tokenizer.training import baseline_grid, reconstruct_clips
 
 
 def _perceptual(x, y):  # a deterministic metric of the LPIPS interface: [N,3,H,W] pairs -> [N]
@@ -50,13 +51,24 @@ def test_recon_aggregation_matches_evaluate_reconstruction_on_padded_clips():
     recon = reconstruct_clips(model, clips, valid, 1, torch.device("cpu"), batch_size=2)
     np.testing.assert_array_equal(recon, ref.recon)
     # Two shards merge to the numbers of the whole set.
-    parts = [per_video_recon_metrics(clips[:1], recon[:1], valid[:1], _perceptual),
-             per_video_recon_metrics(clips[1:], recon[1:], valid[1:], _perceptual)]
+    grid = baseline_grid(model.arch, clips.shape[1:4])
+    assert grid == (4, 8, 8)  # 8 channels x (8x8 + 2 x 8x4) = 1,024 values; T' : H' : W' = 4 : 8 : 8
+    parts = [per_video_recon_metrics(clips[:1], recon[:1], valid[:1], _perceptual, baseline_grid=grid),
+             per_video_recon_metrics(clips[1:], recon[1:], valid[1:], _perceptual, baseline_grid=grid)]
     agg = aggregate_recon(parts)
     assert agg["videos"] == 3 and agg["frames"] == 16
     assert agg["psnr"] == pytest.approx(ref.psnr, abs=1e-5)
     assert agg["ssim"] == pytest.approx(ref.ssim, abs=1e-5)
     assert agg["lpips"] == pytest.approx(ref.lpips, abs=1e-6)  # mean over real frames, not over videos
+    # The evaluate stage's baselines are the training stages' ones on the same clips.
+    for name in ("mean_colour", "same_numbers", "temporal_mean"):
+        key = f"baseline_{name}_psnr"
+        assert agg[key] == pytest.approx(ref.baselines[key], abs=1e-5)
+    assert ref.baselines["baseline_same_numbers_values"] == 3 * 4 * 8 * 8 <= 1024
+    table = per_class_table(["B", "A", "B"], {k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
+    assert set(rows) == {"A", "B", "all (mean over videos)"} and "same numbers PSNR (dB)" in table
+    assert f"| A | 1 | {parts[1]['psnr'][0]:.2f} |" in rows["A"]
     masked = mask_padding(recon, clips, valid)
     assert (masked[1, 5:] == 0).all() and np.array_equal(masked[1, :5], recon[1, :5])
 

@@ -6,6 +6,7 @@
   const DATA = JSON.parse(document.getElementById("dashboard-data").textContent);
   const SVGNS = "http://www.w3.org/2000/svg";
   const PALETTE = ["#2f6fdf", "#e4572e", "#17a398", "#f3a712", "#8f5bd7", "#d7263d", "#3c9d3a", "#6c757d", "#ff7f50", "#1b998b"];
+  const BASELINE_COLOR = ["#101828", "#98a2b3", "#667085"];  // baselines: greys, drawn dashed
   const STAGE_COLOR = {};
   DATA.stages.forEach((s, i) => { STAGE_COLOR[s] = PALETTE[i % PALETTE.length]; });
 
@@ -126,7 +127,8 @@
         const pts = s.points.slice().sort((a, b) => a[0] - b[0]);
         if (s.line || spec.kind === "line") {
           const d = pts.map((p, i) => `${i ? "L" : "M"}${sx(p[0]).toFixed(1)},${sy(p[1]).toFixed(1)}`).join("");
-          g.appendChild(svg("path", { d: d, fill: "none", stroke: color, "stroke-width": 1.6 }));
+          g.appendChild(svg("path", { d: d, fill: "none", stroke: color, "stroke-width": 1.6,
+                                      ...(s.dash ? { "stroke-dasharray": "6 4" } : {}) }));
           marks++;
         }
         if (spec.kind === "scatter" || pts.length === 1) {
@@ -322,9 +324,16 @@
       }
       const grid = el("div", { class: "grid" });
       for (const [metric, runs] of Object.entries(charts)) {
+        const series = runs.map((r, i) => ({ name: r.run, color: PALETTE[i % PALETTE.length], points: r.points }));
+        if (metric === "test_psnr") {  // naive baselines of the same test clips: flat dashed lines across the steps
+          const steps = runs.flatMap(r => r.points.map(p => p[0]));
+          const [lo, hi] = [Math.min(...steps), Math.max(...steps)];
+          (DATA.curve_refs && DATA.curve_refs[stage] || []).forEach((ref, i) => series.push(
+            { name: `${ref.name}: ${fmt(ref.value)} dB`, color: BASELINE_COLOR[i % BASELINE_COLOR.length], dash: true,
+              points: [[lo, ref.value], [hi, ref.value]] }));
+        }
         grid.appendChild(chart({ title: `${stage}: ${metric}`, kind: "line", xlabel: "step", ylabel: metric,
-          ylog: /loss/.test(metric) && runs.every(r => r.points.every(p => p[1] > 0)),
-          series: runs.map((r, i) => ({ name: r.run, color: PALETTE[i % PALETTE.length], points: r.points })) }));
+          ylog: /loss/.test(metric) && runs.every(r => r.points.every(p => p[1] > 0)), series: series }));
       }
       children.push(el("h3", { text: stage }), grid);
     }
