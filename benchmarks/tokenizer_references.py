@@ -9,7 +9,8 @@ videos as the pretrain stage does) of:
   and temporal mean (every frame replaced by the video's mean frame; 8x the tiny triplane's values);
 - mean @ SxS:      the temporal mean frame area-downsampled to SxS and bilinearly upsampled, for S
                    the tokenizer's triplane H' = W' and 2H' (what a static S x S plane could hold);
-- each checkpoint: full reconstruction (`reconstruct`, the stage's decode_group_frames);
+- each checkpoint: full reconstruction (`reconstruct`, tokenizer.decode_group_frames; null: the
+                   checkpoint's own, i.e. the whole video at once for a converted release);
 - its control:     the same decoder given the NEXT test video's triplane (how much of the result
                    comes from the video's own latent rather than from what the decoder memorised).
 
@@ -38,7 +39,7 @@ from components.data.pixels import to_uint8, to_unit  # noqa: E402
 from components.metrics.baselines import baseline_psnrs, same_numbers_grid, triplane_values  # noqa: E402
 from components.metrics.image import psnr  # noqa: E402
 from components.tokenizer.model import reconstruct  # noqa: E402
-from components.tokenizer.released import load_tokenizer  # noqa: E402
+from components.tokenizer.released import decode_group_frames, load_tokenizer  # noqa: E402
 from components.tokenizer.training import eval_clips  # noqa: E402
 
 
@@ -59,9 +60,10 @@ def low_res_mean(clip: np.ndarray, size: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def model_psnrs(path: Path, clips: np.ndarray, valid: np.ndarray, group_frames: int) -> tuple[list[float], list[float]]:
+def model_psnrs(path: Path, clips: np.ndarray, valid: np.ndarray, group_frames: int | None) -> tuple[list[float], list[float]]:
     """Per-video PSNR of the checkpoint's reconstruction, and of decoding the next video's triplane instead."""
     model = load_tokenizer(path).eval()
+    group_frames = decode_group_frames(model, group_frames)
     own, other = [], []
     for i in range(len(clips)):
         video = to_unit(torch.from_numpy(clips[i:i + 1]))

@@ -77,8 +77,16 @@ class TokenizerParams(_Section):
                                              description="Override the preset's triplane H' = W' (paper ablation: 8/16/32).")
     latent_resolution_t: int | None = Field(None, ge=1, le=1024,
                                             description="Override the preset's triplane T' (paper ablation: 16/32/64).")
-    decode_group_frames: int = Field(1, ge=1, le=4096,
-                                     description="Frames decoded together in one attention context by full/random-access decoding.")
+    decode_group_frames: int | None = Field(
+        None, ge=1, le=4096,
+        description="Decoder time steps decoded together in one attention context by full/random-access decoding; "
+                    "null = the checkpoint's own: all of them for a converted release (as the released sampler), "
+                    "else 1.")
+
+    @property
+    def group_frames(self) -> int:
+        """The decoding group of the models this project trains (null -> 1)."""
+        return self.decode_group_frames or 1
 
     @property
     def arch(self) -> TokenizerArch:
@@ -319,7 +327,7 @@ def _check_consistency(p: Params) -> None:
         if value % patch:
             fail(f"tokenizer.{name}", value, f"it must be a multiple of the {p.tokenizer.preset} latent patch size ({patch})")
     t_steps = p.data.num_frames // arch.dec_patch_size_t
-    if t_steps % p.tokenizer.decode_group_frames:
+    if t_steps % p.tokenizer.group_frames:
         fail("tokenizer.decode_group_frames", p.tokenizer.decode_group_frames,
              f"it must divide the {t_steps} decoder time steps of data.num_frames")
     pt = p.pretrain
@@ -329,7 +337,7 @@ def _check_consistency(p: Params) -> None:
         fail("pretrain.sampling_ratio", pt.sampling_ratio, f"it must select at least one of the {n_patches} patches")
     ft = p.finetune
     _check_workers(fail, "finetune", ft)
-    group = arch.dec_patch_size_t * p.tokenizer.decode_group_frames
+    group = arch.dec_patch_size_t * p.tokenizer.group_frames
     if ft.frames_per_video % group or ft.frames_per_video > p.data.num_frames:
         fail("finetune.frames_per_video", ft.frames_per_video,
              f"it must be a multiple of {group} (decoder time patch x tokenizer.decode_group_frames) "

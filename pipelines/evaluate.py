@@ -215,7 +215,7 @@ def _baseline_sizes(arch: Any, data: Any) -> dict[str, Any]:
 def _check_inputs(params: Params, root: Path) -> dict[str, Any]:
     """Every check a user can fail, before any compute: files, geometry, clip lengths."""
     from components.generator.checkpoint import load_sit
-    from components.tokenizer.released import load_tokenizer
+    from components.tokenizer.released import decode_group_frames, load_tokenizer
 
     ev, data = params.evaluate, params.data
     processed = processed_store(root)
@@ -227,6 +227,10 @@ def _check_inputs(params: Params, root: Path) -> dict[str, Any]:
     if (tokenizer.num_frames, tokenizer.img_size) != (data.num_frames, data.img_size):
         raise UserError(f"{ev.tokenizer_path} encodes {tokenizer.num_frames} frames at {tokenizer.img_size}px but "
                         f"data is {data.num_frames} at {data.img_size}px; fix data params or evaluate.tokenizer_path")
+    group = decode_group_frames(tokenizer, params.tokenizer.decode_group_frames)  # a release: as released
+    if tokenizer.grid[0] % group:
+        raise UserError(f"tokenizer.decode_group_frames = {group} does not divide the {tokenizer.grid[0]} decoder time "
+                        f"steps of {ev.tokenizer_path}; pick a divisor or null (the checkpoint's own)")
     sit, stats = load_sit(sit_path, use_ema=ev.use_ema)
     if stats is None:
         raise UserError(f"{ev.sit_path} carries no latent_stats (needed to un-normalise samples); re-create it "
@@ -244,7 +248,7 @@ def _check_inputs(params: Params, root: Path) -> dict[str, Any]:
         raise UserError(f"the processed index has {len(train)} train and {len(test)} test videos; evaluation needs at "
                         "least 2 of each (check data.split and the preprocess report)")
     return {"processed": processed, "tokenizer_path": tok_path, "sit_path": sit_path, "test": test, "train": train,
-            "tokens": arch.num_tokens, "arch": arch, "sit_arch": dict(sit.config["arch"]), "sit_step": None}
+            "tokens": arch.num_tokens, "arch": arch, "group_frames": group, "sit_arch": dict(sit.config["arch"]), "sit_step": None}
 
 
 def _resolve_weights(params: Params) -> tuple[dict[str, dict[str, Any]], Path | None]:
@@ -377,7 +381,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
     clip = ev.fvd_clip_frames
     spec = {"tokenizer_path": str(inputs["tokenizer_path"]), "sit_path": str(inputs["sit_path"]),
             "use_ema": ev.use_ema, "processed_dir": str(processed.resolve()), "num_frames": data.num_frames,
-            "group_frames": params.tokenizer.decode_group_frames, "batch_size": ev.batch_size,
+            "group_frames": inputs["group_frames"], "batch_size": ev.batch_size,
             "feature_batch_size": ev.feature_batch_size, "precision": ev.precision, "detector": ev.fvd_detector,
             "weights_dir": str(wdir) if wdir else None, "lpips_backbone": ev.lpips_backbone, "seed": ev.seed,
             "sampler": ev.sampler, "steps": ev.sampling_steps, "cfg_scale": ev.cfg_scale, "clip_frames": clip,

@@ -97,7 +97,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     processed = Path(config["processed_dir"])
     index = pd.read_parquet(processed / INDEX_FILE)
-    pt, group = tok.arch.dec_patch_size_t, tok.decode_group_frames
+    pt, group = tok.arch.dec_patch_size_t, tok.group_frames
     sampler = FrameSampler(processed, index[index.split == "train"], data.num_frames, pt, group,
                            cfg.frames_per_video, cfg.seed)
     plan = SamplePlan(cfg.batch_size, worker.world, cfg.grad_accum)
@@ -135,7 +135,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         done = step + 1
         row: dict[str, float] = {**sums, "lr": sched.get_last_lr()[0]}
         if worker.is_main and worker.is_eval_step(done):
-            res = evaluate_reconstruction(core, eval_x, eval_n, tok.decode_group_frames, device, worker.amp,
+            res = evaluate_reconstruction(core, eval_x, eval_n, tok.group_frames, device, worker.amp,
                                           perceptual=eval_lpips)
             row.update(test_psnr=res.psnr, test_ssim=res.ssim, test_lpips=res.lpips, **res.baseline_row())
             with tempfile.TemporaryDirectory() as tmp:

@@ -35,6 +35,7 @@ from components.tokenizer.model import CoordTok, Triplane, grid_coords, reconstr
 from components.tokenizer.presets import TOKENIZER_PRESETS
 from components.tokenizer.released import (
     ReleasedCoordTok,
+    decode_group_frames,
     load_tokenizer,
     tokenizer_from_config,
 )
@@ -96,6 +97,17 @@ def test_tokenizer_import_reproduces_the_model_bit_for_bit(tmp_path):
             assert torch.equal(pa, pb)
         assert torch.equal(model.decode(a, coords), imported.decode(b, coords))
         assert torch.equal(reconstruct(model, a), reconstruct(imported, b))
+        # Decoded as the released sampler does (every frame in one attention context) unless params
+        # say otherwise; this project's own models default to one frame per context.
+        nt = imported.grid[0]
+        assert decode_group_frames(imported, None) == nt > 1 and decode_group_frames(imported, 2) == 2
+        assert decode_group_frames(CoordTok(TINY, IMG, FRAMES), None) == 1
+        all_at_once = imported.decode(b, grid_coords(imported.grid).expand(2, -1, -1))  # sample_sit's decode_video
+        whole = reconstruct(imported, b, group_frames=decode_group_frames(imported, None))
+        torch.testing.assert_close(whole, reconstruct(imported, b, group_frames=nt))
+        from components.tokenizer.model import unpatchify
+        torch.testing.assert_close(whole, unpatchify(all_at_once.reshape(2, *imported.grid, -1), *imported.patch_size))
+        assert not torch.allclose(whole, reconstruct(imported, b, group_frames=1))
 
 
 def test_tokenizer_mapping_covers_the_reference_key_list_at_paper_scale():
@@ -294,3 +306,27 @@ def test_cli_converts_and_reports_user_errors(tmp_path, capsys):
     assert not (tmp_path / "x.pt").exists()
     assert cli.main(["sit", str(tmp_path / "missing.pt")]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_takes_the_geometry_overrides_params_have_and_lists_presets(tmp_path, capsys):
+    # An ablation checkpoint (other triplane sizes) converts from the command line.
+    geometry = TINY.replace(latent_resolution_xy=4, latent_resolution_t=16)
+    torch.manual_seed(0)
+    model = _randomize(ReleasedCoordTok(geometry, IMG, FRAMES), 0).eval()
+    src = tmp_path / "ablation.pth"
+    torch.save({"model": export_state_dict(model.state_dict(), released_tokenizer_mappings(geometry))}, src)
+    base = ["tokenizer", str(src), "--preset", "CoordTok-tiny", "--img-size", str(IMG), "--num-frames", str(FRAMES)]
+    assert cli.main([*base, "--out", str(tmp_path / "no.pt")]) == 2  # the preset's own geometry does not fit
+    assert "shape mismatches" in capsys.readouterr().err
+    out = tmp_path / "ablation.pt"
+    assert cli.main([*base, "--out", str(out), "--latent-resolution-xy", "4", "--latent-resolution-t", "16"]) == 0
+    assert "4x4x16" in capsys.readouterr().out
+    imported = load_tokenizer(out)
+    assert (imported.arch.latent_resolution_xy, imported.arch.latent_resolution_t) == (4, 16)
+    assert torch.equal(imported.state_dict()["dec_head.weight"], model.state_dict()["dec_head.weight"])
+    assert cli.main([*base, "--out", str(tmp_path / "bad.pt"), "--latent-resolution-t", "3"]) == 2
+    assert "latent patch size" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["tokenizer", "--help"])
+    text = capsys.readouterr().out
+    assert all(name in text for name in TOKENIZER_PRESETS) and "--latent-resolution-xy" in text

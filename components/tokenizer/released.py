@@ -158,6 +158,16 @@ class ReleasedCoordTok(CoordTok):
 _VARIANTS: dict[str | None, type[CoordTok]] = {None: CoordTok, "native": CoordTok, RELEASED_VARIANT: ReleasedCoordTok}
 
 
+def decode_group_frames(model: CoordTok, requested: int | None) -> int:
+    """Decoder time steps per attention context when decoding `model`: `requested` (params'
+    tokenizer.decode_group_frames) when set; else every step of the video at once for a converted
+    release, as the released sampler (sample_sit.py decode_video) decodes, so its outputs match the
+    release's; else 1."""
+    if requested is not None:
+        return int(requested)
+    return int(model.grid[0]) if model.config.get("variant") == RELEASED_VARIANT else 1
+
+
 def tokenizer_from_config(config: dict[str, Any]) -> CoordTok:
     """The model a checkpoint's `config` describes: `ReleasedCoordTok` when config["variant"] is
     "released", else `CoordTok`. (Usable as an MLflow builder: components.tokenizer.released:tokenizer_from_config.)"""

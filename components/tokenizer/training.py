@@ -241,7 +241,7 @@ class PretrainRunner:
         from components.tokenizer.model import DEFAULT_INIT, CoordTok
 
         data, tok, cfg = params.data, params.tokenizer, params.pretrain
-        self.cfg, self.group_frames = cfg, tok.decode_group_frames
+        self.cfg, self.group_frames = cfg, tok.group_frames
         self.device, self.amp, self.rank = device, amp, rank
         torch.manual_seed(cfg.seed)
         # model_class / init: other architectures or initialisations on the same recipe (benchmarks)
