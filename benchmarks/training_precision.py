@@ -63,7 +63,7 @@ def finetune_step(params):
     data, arch, cfg = params.data, params.tokenizer.arch, params.finetune
     model = FrameSamplingModel(CoordTok(arch, data.img_size, data.num_frames))
     opt, _ = adamw_with_schedule(model.parameters(), cfg)
-    b, length = cfg.batch_size, max(1, params.tokenizer.decode_group_frames)
+    b, length = cfg.batch_size, params.tokenizer.group_frames
     groups = max(1, cfg.frames_per_video // (length * arch.dec_patch_size_t))
     nt = data.num_frames // arch.dec_patch_size_t
     video = torch.rand(b, data.num_frames, data.img_size, data.img_size, 3) * 2 - 1
