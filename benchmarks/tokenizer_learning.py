@@ -36,10 +36,9 @@ from _common import REPO, machine_note, print_json, table  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from components.config import load_params, validate_params  # noqa: E402
-from components.metrics.image import psnr  # noqa: E402
+from components.metrics import baselines  # noqa: E402
 from components.tokenizer.model import CoordTok  # noqa: E402
 from components.tokenizer.released import ReleasedCoordTok  # noqa: E402
 from components.tokenizer.training import (  # noqa: E402
@@ -78,26 +77,17 @@ def _value(text: str):
 
 
 def same_numbers_grid(num_values: int, frames: int, size: int) -> tuple[int, int]:
-    """(spatial side g, frames f) of an RGB grid holding about `num_values` numbers (3 g^2 f <= num_values),
-    as square as the budget allows: f = g where possible, clipped to the clip's frames and size."""
-    g = max(1, min(size, round((num_values / 3) ** (1 / 3))))
-    f = max(1, min(frames, num_values // (3 * g * g)))
+    """(spatial side g, frames f) of the training stages' same-numbers grid (components.metrics.baselines)
+    for a cubic triplane (T' = H' = W', the embedded default's)."""
+    f, g, _ = baselines.same_numbers_grid(num_values, (frames, size, size), (1, 1, 1))
     return g, f
 
 
 def baseline_psnrs(clips: np.ndarray, valid: np.ndarray, num_values: int) -> dict[str, float]:
-    """Mean-over-clips PSNR (dB) of the naive reconstructions above, on the real frames of each clip."""
-    out: dict[str, list[float]] = {"mean colour": [], "same numbers": [], "temporal mean": []}
-    for clip, n in zip(clips, valid):
-        real = torch.from_numpy(clip[:n]).float().div(255)  # [n, H, W, 3]
-        out["mean colour"].append(float(psnr(real.mean((0, 1, 2), keepdim=True).expand_as(real)[None], real[None])))
-        out["temporal mean"].append(float(psnr(real.mean(0, keepdim=True).expand_as(real)[None], real[None])))
-        g, f = same_numbers_grid(num_values, int(n), real.shape[1])
-        x = real.permute(3, 0, 1, 2)[None]  # [1, 3, n, H, W]
-        small = F.adaptive_avg_pool3d(x, (f, g, g))
-        up = F.interpolate(small, size=x.shape[2:], mode="trilinear", align_corners=False)
-        out["same numbers"].append(float(psnr(up[0].permute(1, 2, 3, 0).clamp(0, 1)[None], real[None])))
-    return {k: float(np.mean(v)) for k, v in out.items()}
+    """Mean-over-clips PSNR (dB) of the training stages' naive baselines (components.metrics.baselines)."""
+    g, f = same_numbers_grid(num_values, clips.shape[1], clips.shape[2])
+    per_video = baselines.baseline_psnrs(clips, valid, (f, g, g))
+    return {name.replace("_", " "): float(np.mean(v)) for name, v in per_video.items()}
 
 
 # ------------------------------------------------------------------------------ one candidate
