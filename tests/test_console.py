@@ -31,7 +31,11 @@ def console_lines(text: str) -> list[str]:
     """The lines a terminal is left showing: a progress bar's redraws (after \\r, or split into lines
     by a text-mode pipe, which turns \\r into \\n) collapse to its last state; blank lines are dropped."""
     lines: list[str] = []
-    for line in (seg for seg in re.split(r"\r\n|\r|\n", text) if seg.strip()):
+    for line in re.split(r"\r\n|\r|\n", text):
+        if not line.strip():
+            if line and lines and BAR.match(lines[-1]):  # spaces over a bar: tqdm clearing it (leave=False)
+                lines.pop()
+            continue
         bar = BAR.match(line)
         if bar and lines and (prev := BAR.match(lines[-1])) and prev["desc"] == bar["desc"]:
             lines[-1] = line
