@@ -13,6 +13,10 @@ next to naive baselines of the same test clips:
 - same numbers:  the clip box-averaged to a grid holding as many values as the triplane, trilinear back up;
 - temporal mean: every frame replaced by the clip's mean frame (8x more numbers than the default triplane).
 
+`--curve RUN_ROOT` instead writes the learning curve of a pretrain run in RUN_ROOT (a folder with
+its params.yaml, data/processed and mlruns.db; the curve is read from plots/pretrain/eval.csv, or
+from MLflow while the run is still going) with its baselines to `--out` (plots/cpu_hour/curve.csv).
+
 A candidate is `label:key=value,...`; keys are `variant` (native | released: the released
 architecture with its learned decoder position table), `init` (release | vit: see
 components/tokenizer/model.py INIT_SCHEMES) and any `pretrain.*` field (lr, batch_size,
@@ -139,6 +143,22 @@ def train_candidate(label: str, settings: dict[str, str], base: dict, processed:
     return rows
 
 
+def curve_from_mlflow(run_root: Path) -> pd.DataFrame:
+    """The evaluation rows logged so far by RUN_ROOT's latest pretrain run (a run still going, or
+    stopped before the stage wrote plots/pretrain/eval.csv)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{run_root / 'mlruns.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()], "tags.stage = 'pretrain'",
+                              order_by=["attributes.start_time DESC"], max_results=1)
+    if not runs:
+        raise SystemExit(f"no pretrain run in {run_root / 'mlruns.db'}")
+    cols = {}
+    for key in ("test_psnr", "test_ssim", "baseline_psnr", "cpu_seconds", "wall_seconds"):
+        cols[key] = {m.step: m.value for m in client.get_metric_history(runs[0].info.run_id, key)}
+    return pd.DataFrame(cols).rename_axis("step").reset_index().sort_values("step")
+
+
 def write_curve(run_root: Path, out: Path) -> int:
     """A pretrain run's learning curve (RUN_ROOT/plots/pretrain/eval.csv: test PSNR vs step, process
     CPU-seconds and wall seconds) with the baselines of its own evaluation clips as constant columns."""
@@ -150,10 +170,12 @@ def write_curve(run_root: Path, out: Path) -> int:
     _, x, n = eval_clips(processed, index[index.split == "test"], params.data.num_frames, params.pretrain.eval_videos)
     arch = params.tokenizer.arch
     base = baseline_psnrs(x, n, arch.num_tokens * arch.latent_n_features)
-    curve = pd.read_csv(run_root / "plots/pretrain/eval.csv")
+    eval_csv = run_root / "plots/pretrain/eval.csv"
+    curve = pd.read_csv(eval_csv) if eval_csv.is_file() else curve_from_mlflow(run_root)
     for name, value in base.items():
         curve["baseline_" + name.replace(" ", "_") + "_psnr"] = value
     atomic_write_text(out, curve.to_csv(index=False))
+    print(f"# {len(x)} test clips of {run_root}; baselines (dB): " + ", ".join(f"{k} {v:.2f}" for k, v in base.items()))
     print(curve.to_string(index=False))
     return 0
 

@@ -329,8 +329,8 @@ class SinCosPosEmbed3d(nn.Module):
 # timm's defaults; "vit" is the ViT/MAE convention (std-0.02 linears and positions); "positions" is
 # "vit" with the release's unit-scale encoder position embeddings. Measured on the embedded default
 # (benchmarks/tokenizer_learning.py, docs/tokenizer-learning.md), "release" reaches +1.7 dB test PSNR
-# at the same CPU budget (std-0.02 positions leave the triplane cross-attention position-blind at
-# first) but overfits one clip worse (tests/test_tokenizer.py: 24.9 dB where "vit" passes 28 dB).
+# at the same CPU budget, from its larger linear layers ("positions" gains nothing), but overfits
+# one clip worse (tests/test_tokenizer.py: 24.9 dB where "vit" and "positions" pass 28 dB).
 INIT_SCHEMES = ("release", "vit", "positions")
 DEFAULT_INIT = "vit"
 
