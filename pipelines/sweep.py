@@ -72,6 +72,8 @@ ATTR_PARENT, ATTR_URI = "mlflow_parent_run_id", "mlflow_tracking_uri"
 # Trial user attributes.
 ATTR_REJECTED, ATTR_INTERRUPTED, ATTR_RETRY_OF = "rejected", "interrupted", "retry_of"
 ATTR_RUN_ID, ATTR_ERROR, ATTR_CURVE, ATTR_TOKENS = "mlflow_run_id", "error", "psnr_curve", "num_tokens"
+# The same-numbers baseline of the trial's own triplane geometry, on the clips its PSNR is measured on.
+ATTR_BASELINE = "baseline_same_numbers_psnr"
 
 # The paper's ablations (UCF-101, 128 frames at 128x128; ../shared/paper.md): triplane sizes and their
 # token counts. The paper reports a verdict for each, and a PSNR only for its final model.
@@ -186,6 +188,8 @@ def reuse_result(study: Any, trial: Any, source: Any) -> None:
 
     trial.set_user_attr(ATTR_DUPLICATE, source.number)
     trial.set_user_attr(ATTR_CURVE, source.user_attrs.get(ATTR_CURVE, []))
+    if ATTR_BASELINE in source.user_attrs:
+        trial.set_user_attr(ATTR_BASELINE, source.user_attrs[ATTR_BASELINE])
     if source.state == TrialState.COMPLETE:
         study.tell(trial, list(source.values))
     elif source.state == TrialState.PRUNED:
@@ -286,8 +290,9 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
                     continue
                 last = runner.evaluate()
                 curve.append([done, last.psnr])
-                metrics.add({"test_psnr": last.psnr, "test_ssim": last.ssim, "baseline_psnr": last.baseline_psnr},
-                            step=done)
+                metrics.add({"test_psnr": last.psnr, "test_ssim": last.ssim, "baseline_psnr": last.baseline_psnr,
+                             **last.baseline_row()}, step=done)
+                trial.set_user_attr(ATTR_BASELINE, float(last.baselines[ATTR_BASELINE]))
                 metrics.flush()
                 if not multi:
                     trial.report(last.psnr, done)
@@ -299,6 +304,7 @@ def run_trial(spec: dict[str, Any]) -> dict[str, Any]:
             mlflow.set_tags({"sweep.trial_state": "failed", "sweep.error": f"{type(exc).__name__}: {exc}"[:4000]})
             raise  # the run ends FAILED; the driver tells the study
         final = {"final_test_psnr": last.psnr, "final_test_ssim": last.ssim, "final_baseline_psnr": last.baseline_psnr,
+                 "final_" + ATTR_BASELINE: float(last.baselines[ATTR_BASELINE]),
                  "num_tokens": float(spec["num_tokens"]), "last_step": float(curve[-1][0]),
                  "trial_seconds": time.perf_counter() - started}
         metrics.add(final, step=int(curve[-1][0]))
@@ -407,7 +413,7 @@ def _trial_row(t: Any) -> dict[str, Any]:
     psnr = t.values[0] if t.state == TrialState.COMPLETE and t.values else (curve[-1][1] if curve else math.nan)
     p = t.params
     xy, tt = p.get("latent_resolution_xy"), p.get("latent_resolution_t")
-    return {"number": t.number, "state": state, "test_psnr": psnr,
+    return {"number": t.number, "state": state, "test_psnr": psnr, ATTR_BASELINE: attrs.get(ATTR_BASELINE),
             "num_tokens": xy * xy + 2 * xy * tt if xy and tt else None,
             "latent_resolution_xy": xy, "latent_resolution_t": tt, "sampling_ratio": p.get("sampling_ratio"),
             "last_step": int(curve[-1][0]) if curve else None,
@@ -420,7 +426,7 @@ def _trial_row(t: Any) -> dict[str, Any]:
 def trials_frame(study: Any, max_tokens: int | None) -> pd.DataFrame:
     """One row per trial; `pareto` marks completed trials on the PSNR/tokens front (within the budget)."""
     rows = [_trial_row(t) for t in study.get_trials(deepcopy=False)]
-    frame = pd.DataFrame(rows, columns=["number", "state", "test_psnr", "num_tokens", "latent_resolution_xy",
+    frame = pd.DataFrame(rows, columns=["number", "state", "test_psnr", ATTR_BASELINE, "num_tokens", "latent_resolution_xy",
                                         "latent_resolution_t", "sampling_ratio", "last_step", "seconds", "retry_of",
                                         "mlflow_run_id", "note"])
     frame["pareto"] = False
@@ -594,6 +600,8 @@ def sweep(params: Params, root: Path) -> dict[str, Any]:
             ("trials run now", launched_now), ("wall seconds", wall)]
     if best:
         rows += [("best trial", best["number"]), ("best test PSNR (dB)", best["test_psnr"]),
+                 ("its same-numbers baseline (dB)", best[ATTR_BASELINE]),
+                 ("spread of completed trials (dB)", summary["test_psnr_spread"]),
                  ("best tokens", best["num_tokens"]), ("best params", " ".join(set_overrides(best["fragment"])))]
     rows += [("Pareto front", ", ".join(f"#{p['number']} {p['num_tokens']} tok {p['test_psnr']:.2f} dB"
                                         for p in summary["pareto"]) or "-"), ("best.yaml", BEST_YAML)]
@@ -611,6 +619,7 @@ def write_outputs(study: Any, params: Params, root: Path, wall: float, launched_
     atomic_write_text(root / TRIALS_CSV, frame.to_csv(index=False))
     done = frame[(frame.state == "complete") & frame.test_psnr.notna()]
     records = [{"number": int(r.number), "test_psnr": float(r.test_psnr), "num_tokens": int(r.num_tokens),
+                ATTR_BASELINE: None if pd.isna(getattr(r, ATTR_BASELINE)) else float(getattr(r, ATTR_BASELINE)),
                 "params": {"latent_resolution_xy": int(r.latent_resolution_xy),
                            "latent_resolution_t": int(r.latent_resolution_t),
                            "sampling_ratio": float(r.sampling_ratio)}} for r in done.itertuples()]
@@ -640,6 +649,9 @@ def write_outputs(study: Any, params: Params, root: Path, wall: float, launched_
         "n_duplicate": int(counts.get("duplicate", 0)),
         "trials_run_now": launched_now, "wall_seconds": round(wall, 2),
         "best_test_psnr": best["test_psnr"], "best_num_tokens": best["num_tokens"],
+        "best_" + ATTR_BASELINE: best[ATTR_BASELINE],
+        # How far apart the completed trials are: a sweep that cannot tell configurations apart has ~0.
+        "test_psnr_spread": float(done.test_psnr.max() - done.test_psnr.min()),
         "best": best, "pareto": pareto, "importances": importances, "importances_note": note,
     }
     atomic_write_json(root / METRICS_OUT, summary)

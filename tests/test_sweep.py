@@ -256,6 +256,9 @@ def test_tiny_sweep_runs_two_trials_at_once_and_tracks_nested_runs(tmp_path, pro
     assert metrics == summary and metrics["best"]["number"] == best_row.number
     assert metrics["best_test_psnr"] == pytest.approx(best_row.test_psnr)
     assert np.isfinite(complete.test_psnr).all() and (complete.num_tokens <= 150).all()
+    assert np.isfinite(complete.baseline_same_numbers_psnr).all()  # each trial's, of its own triplane geometry
+    assert metrics["test_psnr_spread"] == pytest.approx(complete.test_psnr.max() - complete.test_psnr.min())
+    assert metrics["best_baseline_same_numbers_psnr"] == pytest.approx(best_row.baseline_same_numbers_psnr)
     for name in ("pareto", "importances", "history"):
         assert (root / f"reports/sweep/{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
