@@ -255,6 +255,9 @@ def test_evaluate_stage_end_to_end_on_standins(tmp_path, processed, standins, ra
     assert m["weights"]["fvd"] == {"detector": "kinetics400", "assets": "i3d_kinetics400 (STAND-IN)", "real": False}
     assert m["weights"]["lpips"]["assets"] == "alexnet (STAND-IN), lpips_alex (real)"  # the package's own file wins
     assert 0 < rec["psnr"] < 60 and -1 <= rec["ssim"] <= 1 and rec["lpips"] > 0 and rec["rfvd"] >= 0
+    # the naive baselines of the same clips, and what each keeps next to the triplane
+    assert rec["baseline_mean_colour_psnr"] < rec["baseline_same_numbers_psnr"] < 60
+    assert rec["baseline_same_numbers_values"] <= rec["triplane_values"] < rec["baseline_temporal_mean_values"]
     assert gen["detector"] == "kinetics400" and gen["clip_frames"] == 9 and gen["full_frames"] == 16
     y = m["yardstick"]
     assert y["frames"] == 16 and y["sizes"] == {"real_test": 3, "recon": 3, "samples": 4, "noise": 4, "train": 4}
@@ -272,6 +275,8 @@ def test_evaluate_stage_end_to_end_on_standins(tmp_path, processed, standins, ra
     sheet = np.asarray(Image.open(reports / "contact_sheet.png"))
     assert sheet.shape[0] == (4 + 2 * 3) * 32 + 9 * 2 + 6  # 4 generated rows + 3 real/recon pairs
     assert "**this run**" in (reports / "paper_table.md").read_text()
+    by_class = (reports / "reconstruction_by_class.md").read_text()
+    assert "same numbers PSNR (dB)" in by_class and "| all (mean over videos) | 3 |" in by_class
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlruns.db'}")
     run = mlflow.search_runs(experiment_names=["coordtok"]).iloc[0]
     assert run["tags.stage"] == "evaluate" and run["tags.weights.standin"] == "true"
