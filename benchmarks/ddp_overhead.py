@@ -92,23 +92,31 @@ def train_loop(config: dict) -> None:
             t0 = time.perf_counter()
             dist.all_reduce(buf)
             alone.append(time.perf_counter() - t0)
-    ray.train.report({"step_s": statistics.median(times), "hook_s": statistics.median(comm),
-                      "allreduce_alone_s": statistics.median(alone) if alone else 0.0, "params": n_params})
+    if rank == 0:  # Ray Train keeps no metrics without a checkpoint: hand them over as a file (same machine)
+        import json
+
+        Path(config["out"]).write_text(json.dumps({
+            "step_s": statistics.median(times), "hook_s": statistics.median(comm),
+            "allreduce_alone_s": statistics.median(alone) if alone else 0.0, "params": n_params}))
 
 
 def measure(width: int, world: int, batch: int, steps: int) -> dict:
     import ray.train
     from ray.train.torch import TorchTrainer
 
+    import json
+    import tempfile
+
+    out = Path(tempfile.mkdtemp(prefix="ddp_overhead_")) / "metrics.json"
     trainer = TorchTrainer(
-        train_loop, train_loop_config={"width": width, "batch": batch, "steps": steps},
+        train_loop, train_loop_config={"width": width, "batch": batch, "steps": steps, "out": str(out)},
         scaling_config=ray.train.ScalingConfig(num_workers=world, resources_per_worker={"CPU": 1}),
         run_config=ray.train.RunConfig(name=f"ddp-overhead-w{width}-n{world}-{time.time_ns()}",
                                        storage_path="/tmp/ddp_overhead_results"))
     result = trainer.fit()
     if result.error is not None:
         raise result.error
-    return dict(result.metrics)
+    return json.loads(out.read_text())
 
 
 def main() -> int:
@@ -122,6 +130,7 @@ def main() -> int:
 
     import os
 
+    os.environ.setdefault("RAY_AUTH_MODE", "token")  # read when ray is imported; `ray start` clusters use tokens
     import ray
 
     cluster = None
@@ -129,7 +138,6 @@ def main() -> int:
         from ray_nodes import TwoNodeCluster
 
         cluster = TwoNodeCluster()
-        os.environ["RAY_AUTH_MODE"] = "token"
     address = args.address or cluster.address
     print(machine_note())
     rows = []
