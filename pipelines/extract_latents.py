@@ -142,6 +142,8 @@ def encode_to_store(rows: pd.DataFrame, folder: Path, params: Params, tokenizer_
     actors = num_actors or cfg.num_actors
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
+    # Actor placement is left to Ray Data (its default spreads actors over nodes); both ways of naming a
+    # strategy (map_batches' ray_remote_args, DataContext.scheduling_strategy) are deprecated in Ray 2.60.
     writer = LatentWriter(folder, len(rows), plane_shapes, cfg.dtype)
     stats = LatentStats(plane_shapes[0][0])
     started = time.perf_counter()
@@ -156,8 +158,7 @@ def encode_to_store(rows: pd.DataFrame, folder: Path, params: Params, tokenizer_
                                "plane_shapes": [list(shape) for shape in plane_shapes]},
         batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=actors),
-        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor if use_gpu else 0,
-        scheduling_strategy="SPREAD")  # one tokenizer per node before two on one (multi-node clusters)
+        num_cpus=cfg.cpus_per_actor, num_gpus=cfg.gpus_per_actor if use_gpu else 0)
     done, first_at = 0, None
     batch_moments: dict[int, LatentStats] = {}  # keyed by the batch's first stored row
     skipped: dict[int, str] = {}

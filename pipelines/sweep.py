@@ -470,6 +470,8 @@ def sweep(params: Params, root: Path) -> dict[str, Any]:
     counted = sum(counts_toward_budget(t) for t in study.get_trials(deepcopy=False))
     if retried:
         log.info("study %s: %d interrupted trial(s) marked failed and re-enqueued: %s", name, len(retried), retried)
+        # A resumed sweep matters to the user (console contract): said once, on the console too.
+        console.note_once(f"sweep: {len(retried)} interrupted trial(s) re-enqueued with the parameters they drew")
     if prior:
         log.info("continuing study %s in %s (%d trials so far, %d count toward sweep.n_trials = %d)",
                  name, storage_spec, prior, counted, sw.n_trials)

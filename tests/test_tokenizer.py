@@ -390,7 +390,7 @@ def test_encoder_carries_each_video_into_its_triplane():
     # Four distinct smooth moving scenes (the synthetic data set's 1/f textures are a harder,
     # separate question: the tokenizer's learning curve, not this wiring check).
     base = _moving_pattern()[0]  # [T, H, W, 3]
-    video = torch.stack([base, base.flip(2), base.roll(1, -1), base.flip(0).flip(1)])
+    video = torch.stack([base, base.flip(2), base.flip(1), base.flip(0).flip(2)])
     model = CoordTok(TOKENIZER_PRESETS["CoordTok-tiny"], 32, 8)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     target = patchify(video, 1, 8).reshape(4, -1, 192)
