@@ -37,6 +37,19 @@ from components.tokenizer.training import adamw_with_schedule  # noqa: E402
 from pipelines.common.trainer import cpu_has_fast_bf16  # noqa: E402
 
 
+def _autocast(amp):
+    """bf16 autocast when `amp` is a dtype, plain fp32 when None."""
+    return torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None)
+
+
+def _apply(loss, model, opt, grad_clip) -> None:
+    """The stages' update: backward, clip, AdamW step, zero grads."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
 def pretrain_step(params):
     data, arch, cfg = params.data, params.tokenizer.arch, params.pretrain
     model = CoordTok(arch, data.img_size, data.num_frames)
@@ -50,12 +63,9 @@ def pretrain_step(params):
     frames = torch.full((b,), data.num_frames)
 
     def step(amp):
-        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+        with _autocast(amp):
             pred = model(video, coords, frames)
-        torch.nn.functional.mse_loss(pred.float(), target).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _apply(torch.nn.functional.mse_loss(pred.float(), target), model, opt, cfg.grad_clip)
     return step, f"{params.tokenizer.preset}, batch {b} x {n} patches"
 
 
@@ -72,12 +82,9 @@ def finetune_step(params):
     target = torch.rand(b, groups, length * arch.dec_patch_size_t, data.img_size, data.img_size, 3) * 2 - 1
 
     def step(amp):
-        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+        with _autocast(amp):
             pred = model(video, frames, starts, length)
-        torch.nn.functional.mse_loss(pred.float(), target).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _apply(torch.nn.functional.mse_loss(pred.float(), target), model, opt, cfg.grad_clip)
     return step, f"{params.tokenizer.preset}, batch {b} x {groups * length * arch.dec_patch_size_t} frames (l2 only)"
 
 
@@ -94,12 +101,9 @@ def train_sit_step(params):
     def step(amp):
         tt = transport.sample_t(b, generator=gen)
         noise = tuple(torch.randn(x.shape, generator=gen) for x in x1)
-        with torch.autocast("cpu", dtype=amp or torch.float32, enabled=amp is not None):
+        with _autocast(amp):
             loss = transport.training_losses(model, x1, t=tt, noise=noise)["loss"].mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        _apply(loss, model, opt, cfg.grad_clip)
     return step, f"{cfg.preset}, batch {b}"
 
 
