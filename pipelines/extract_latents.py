@@ -28,6 +28,7 @@ from components.io import (
     remove_stale_staging,
     staging_dir,
 )
+from pipelines.common import console
 from pipelines.common.cli import main_for, quiet_third_party
 from pipelines.common.isolation import check_bad_fraction, is_internal
 from pipelines.common.report import print_summary
@@ -162,16 +163,19 @@ def encode_to_store(rows: pd.DataFrame, folder: Path, params: Params, tokenizer_
     done, first_at = 0, None
     batch_moments: dict[int, LatentStats] = {}  # keyed by the batch's first stored row
     skipped: dict[int, str] = {}
-    for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
-        if first_at is None:  # actor start-up + model load + one batch
-            first_at = time.perf_counter() - started
-        good = np.array([not r for r in batch["reason"]], bool)
-        writer.write(batch["row"][good], [batch["xy"][good], batch["yt"][good], batch["xt"][good]])
-        skipped.update({int(r): str(why) for r, why in zip(batch["row"][~good], batch["reason"][~good])})
-        for r, m in zip(batch["row"], batch["moments"]):
-            if m:
-                batch_moments[int(r)] = LatentStats.from_dict(json.loads(m))
-        done += int(good.sum())
+    # The stage's one bar counts clips as the driver writes them (Ray Data's own bars are off, above).
+    with console.progress_bar(total=len(rows), desc="extract_latents", unit="clip") as bar:
+        for batch in encoded.iter_batches(batch_size=None, batch_format="numpy"):
+            if first_at is None:  # actor start-up + model load + one batch
+                first_at = time.perf_counter() - started
+            good = np.array([not r for r in batch["reason"]], bool)
+            writer.write(batch["row"][good], [batch["xy"][good], batch["yt"][good], batch["xt"][good]])
+            skipped.update({int(r): str(why) for r, why in zip(batch["row"][~good], batch["reason"][~good])})
+            for r, m in zip(batch["row"], batch["moments"]):
+                if m:
+                    batch_moments[int(r)] = LatentStats.from_dict(json.loads(m))
+            done += int(good.sum())
+            bar.update(len(batch["row"]))
     # Merged in row order, not arrival order: a retried batch (a killed actor) gives the same bytes.
     for r in sorted(batch_moments):
         stats.merge(batch_moments[r])
@@ -256,9 +260,9 @@ def extract_latents(params: Params, root: Path) -> dict[str, Any]:
         mlflow.log_artifact(str(out / "stats.json"))
         mlflow.log_artifact(str(root / METRICS_OUT))
         log.info("mlflow run %s", run.info.run_id)
-    print_summary("extract_latents", [("clips", summary["clips"]), ("videos", summary["videos"]),
-                                      ("clips skipped", summary["clips_skipped"]),
-                                      ("  of which internal errors (bugs)", summary["internal_errors"]),
+    print_summary("extract_latents", [("clips, videos", f"{summary['clips']:,}, {summary['videos']:,}"),
+                                      ("clips skipped (internal errors)",
+                                       f"{summary['clips_skipped']:,} ({summary['internal_errors']:,})"),
                                       ("clips/s", summary["clips_per_second"]), ("dtype", cfg.dtype),
                                       ("store", LATENTS_DIR)])
     return summary

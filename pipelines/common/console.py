@@ -29,6 +29,7 @@ from typing import Any, Iterator, TextIO
 
 NOTE_MARK = "[coordtok] "               # a worker line for the user's console (printed as is)
 PROGRESS_MARK = "[coordtok-progress] "  # a worker's training progress (JSON), drawn as the stage's bar
+START_MARK = "[coordtok-start] "        # rank 0 of a training worker group starting (JSON: step, across)
 PROJECT_DIRS = tuple(str(Path(__file__).resolve().parents[2] / d) + os.sep
                      for d in ("components", "pipelines", "dashboards"))
 # Figures a training bar shows as "the last eval figure", first present wins.
@@ -43,6 +44,7 @@ class _State:
         self.shown: set[str] = set()
         self.bar: Any = None
         self.last_eval: str = ""
+        self.group_starts = 0  # training worker groups started under the current training bar
         self.lock = threading.Lock()
 
 
@@ -96,7 +98,7 @@ def progress_bar(**kwargs: Any):
 def training_bar(total: int, desc: str) -> Iterator[Any]:
     """The stage's training bar, driven by `worker_progress` lines of rank 0 (loss, last eval figure)."""
     bar = progress_bar(total=total, desc=desc, unit="step")
-    _state.bar, _state.last_eval = bar, ""
+    _state.bar, _state.last_eval, _state.group_starts = bar, "", 0
     try:
         yield bar
     finally:
@@ -111,6 +113,12 @@ def training_bar(total: int, desc: str) -> Iterator[Any]:
 def worker_note(message: str) -> None:
     """From a Ray worker: a line for the user's console (the driver prints it once)."""
     print(NOTE_MARK + message, flush=True)
+
+
+def worker_group_started(step: int, across: str = "") -> None:
+    """From rank 0 of a training worker group, once it has restored (step 0 for a fresh run): the driver
+    tells a resumed invocation from a worker group that Ray Train restarted after losing a worker."""
+    print(START_MARK + json.dumps({"step": int(step), "across": across}), flush=True)
 
 
 def worker_progress(step: int, row: dict[str, Any]) -> None:
@@ -141,12 +149,31 @@ def _on_progress(payload: dict[str, Any]) -> None:
         bar.update(step - bar.n)
 
 
+def _on_group_start(payload: dict[str, Any]) -> None:
+    step, across = int(payload.get("step", 0)), str(payload.get("across", ""))
+    with _state.lock:
+        _state.group_starts += 1
+        restarted = _state.group_starts > 1  # this invocation already had a worker group: one was lost
+        bar = _state.bar
+        if bar is not None and step != bar.n:  # the bar continues from the checkpoint, rate counted from here
+            bar.reset(total=bar.total)
+            bar.n = bar.last_print_n = bar.initial = step
+    if restarted:
+        note_once(f"warning: a training worker was lost; the run continues from checkpoint step {step}{across}"
+                  if step else "warning: a training worker was lost before the first checkpoint; the run restarts "
+                  f"from step 0{across}")
+    elif step:
+        note_once(f"resuming from step {step}{across}")
+
+
 def on_worker_output(data: dict[str, Any]) -> None:
     """Ray's worker-output hook (every forwarded batch of lines): act on the marked lines only."""
     for line in data.get("lines", ()):
         try:
             if line.startswith(PROGRESS_MARK):
                 _on_progress(json.loads(line[len(PROGRESS_MARK):]))
+            elif line.startswith(START_MARK):
+                _on_group_start(json.loads(line[len(START_MARK):]))
             elif line.startswith(NOTE_MARK):
                 note_once(line[len(NOTE_MARK):])
         except Exception:  # a malformed line must never break Ray's log thread

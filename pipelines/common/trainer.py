@@ -176,19 +176,21 @@ class TrainWorker:
         Returns the step to start from (0 for a fresh run)."""
         import ray.train
 
+        from pipelines.common.console import worker_group_started
+
         state = latest_intact_state(Path(self.config["run_dir"]), ray.train.get_checkpoint())
         if state is None:
+            if self.is_main:  # the driver still counts this group: a later one means a worker was lost
+                worker_group_started(0)
             return 0
         load(state)
         self.history = list(state["history"])
         if self.is_main:
-            from pipelines.common.console import worker_note
-
             written = state.get("world_size", 1)
             # Same samples per step whatever the count (global sample plan): the run simply continues.
             across = f" (checkpoint written by {written} worker(s), continuing with {self.world})" \
                 if written != self.world else ""
-            worker_note(f"resuming from step {int(state['step'])}{across}")
+            worker_group_started(int(state["step"]), across)  # "resuming from step N" or "a worker was lost"
         return int(state["step"])
 
     def count(self, samples: int) -> None:
