@@ -280,8 +280,9 @@ def _verify(asset: Asset, path: Path) -> None:
 
 def _use(asset: Asset, path: Path, source: str) -> Resolved:
     if is_standin(path):
+        # In a stage run, the log only: the stage says it once in its own words (pipelines/common/console.py).
         log.warning("using STAND-IN weights for %s at %s (random values: metrics from them are not real).",
-                    asset.name, path)
+                    asset.name, path, extra={"console": False})
         return Resolved(asset, path, source, True)
     _verify(asset, path)
     return Resolved(asset, path, source, False)

@@ -528,27 +528,32 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
                          "evaluate.detector.real": str(used["fvd"]["real"]).lower(),
                          "evaluate.lpips.weights": used["lpips"]["assets"],
                          "evaluate.lpips.real": str(used["lpips"]["real"]).lower()})
-    g, y = metrics["generation"], metrics["yardstick"]
+    g, y, dyn_r = metrics["generation"], metrics["yardstick"], metrics["dynamics"]["pearson_r"]
+
+    def figures(*values: Any, fmt: str = ".2f") -> str:
+        return " / ".join("-" if v is None else f"{v:{fmt}}" for v in values)
+
+    # Few rows, several figures each, so the stage's console stays within ~15 lines (README "What you will
+    # see"); every figure, with its sizes and settings, is in metrics/evaluate.json and the reports.
     yard_rows = [] if y is None else [
-        (f"yardstick FVD-{y['frames']} vs train: real test (floor)", y["fvd_real_test_vs_train"]),
-        ("yardstick: reconstructions", y["fvd_recon_vs_train"]), ("yardstick: SiT samples", y["fvd_samples_vs_train"]),
-        ("yardstick: noise (ceiling)", y["fvd_noise_vs_train"])]
+        (f"yardstick FVD-{y['frames']} vs train: real test / recon / SiT / noise",
+         figures(y["fvd_real_test_vs_train"], y["fvd_recon_vs_train"], y["fvd_samples_vs_train"],
+                 y["fvd_noise_vs_train"], fmt=".1f"))]
     print_summary("evaluate", [
-        ("stand-in weights", "yes" if standin else "no"),
-        ("FVD detector", f"{ev.fvd_detector}: {used['fvd']['assets']}"),
-        ("LPIPS weights", f"{ev.lpips_backbone}: {used['lpips']['assets']}"),
-        (f"recon PSNR / SSIM ({rec['videos']} videos)", f"{rec['psnr']:.2f} / {rec['ssim']:.3f}"),
-        (f"recon LPIPS ({ev.lpips_backbone})", metrics["reconstruction"]["lpips"]),
-        ("rFVD", metrics["reconstruction"]["rfvd"]),
-        (f"FVD-{clip}" if clip else "FVD (clip)", g["fvd_clip"] if g["fvd_clip"] is not None else "-"),
-        (f"FVD-{data.num_frames}", g["fvd_full"] if g["fvd_full"] is not None else "-"),
+        ("weights: FVD detector; LPIPS",
+         f"{ev.fvd_detector}: {used['fvd']['assets']}; {ev.lpips_backbone}: {used['lpips']['assets']}"),
+        (f"recon PSNR / SSIM / LPIPS ({rec['videos']} videos), r(dynamics, PSNR)",
+         f"{figures(rec['psnr'])} / {figures(rec['ssim'], metrics['reconstruction']['lpips'], fmt='.3f')}, "
+         f"{figures(dyn_r, fmt='.3f')}"),
+        (f"rFVD / FVD-{clip or '(clip)'} / FVD-{data.num_frames}",
+         figures(metrics["reconstruction"]["rfvd"], g["fvd_clip"], g["fvd_full"], fmt=".1f")),
         *yard_rows,
-        ("s / video (batch 1)", g["single_video_seconds"]),
-        (f"peak memory MB ({g['memory_kind']})", g["single_video_peak_memory_mb"]),
-        ("dynamics Pearson r", metrics["dynamics"]["pearson_r"] if metrics["dynamics"]["pearson_r"] is not None else "-"),
-        ("sampling videos/s", metrics["throughput"]["sampling_videos_per_s"]),
-        ("feature videos/s", metrics["throughput"]["feature_videos_per_s"]),
-        ("wall seconds", wall), ("report", REPORTS_DIR)])
+        (f"s / video (batch 1), peak memory MB ({g['memory_kind']})",
+         f"{g['single_video_seconds']:.2f}, {g['single_video_peak_memory_mb']:,.0f}"),
+        ("videos/s sampling / features, wall seconds",
+         f"{figures(metrics['throughput']['sampling_videos_per_s'], metrics['throughput']['feature_videos_per_s'])}, "
+         f"{wall:,.1f}"),
+        ("all figures", f"{METRICS_OUT}, {REPORTS_DIR}/")])
     return metrics
 
 

@@ -186,7 +186,8 @@ def finetune(params: Params, root: Path) -> dict[str, Any]:
                 for net in {cfg.lpips_backbone, cfg.eval_lpips_backbone} for name in BACKBONES[net]]
     standin = any(r.standin for r in resolved)
     if standin:
-        log.warning("finetune uses STAND-IN LPIPS weights (random values): its LPIPS numbers are not meaningful")
+        log.warning("finetune uses STAND-IN LPIPS weights (random values, in %s): its LPIPS numbers are not meaningful",
+                    next(r.path.parent for r in resolved if r.standin))
     storage = resolve_path(root, cfg.storage_path).resolve()
     name = trainer.run_name("finetune", params, ("data", "tokenizer", "finetune"),
                             {"init_sha256": trainer.file_digest(init), "standin": standin})
@@ -225,10 +226,10 @@ def finetune(params: Params, root: Path) -> dict[str, Any]:
         trainer.write_metrics(root / METRICS_OUT, summary, wall)
         if params.mlflow.register_models:
             _register(params, root, run.info.run_id, state["config"])
-    print_summary("finetune", [("preset", tok.preset), ("steps", summary["step"]),
+    print_summary("finetune", [("preset, steps", f"{tok.preset}, {summary['step']:,}"),
                                ("train loss first -> last", f"{summary['train_loss_first']:.4f} -> {summary['train_loss']:.4f}"),
-                               ("test PSNR (dB)", summary["test_psnr"]), ("test SSIM", summary["test_ssim"]),
-                               (f"test LPIPS ({cfg.eval_lpips_backbone})", summary["test_lpips"]),
+                               (f"test PSNR (dB) / SSIM / LPIPS ({cfg.eval_lpips_backbone})",
+                                f"{summary['test_psnr']:.2f} / {summary['test_ssim']:.3f} / {summary['test_lpips']:.3f}"),
                                *baseline_summary_rows(summary),
                                ("stand-in weights", standin), ("wall seconds", wall), ("model", MODEL_OUT)])
     return summary

@@ -202,11 +202,12 @@ def preprocess(params: Params, root: Path) -> dict[str, Any]:
     if skipped:  # the console's one line about it; each file and reason is in the report
         console.note_once(f"warning: {len(skipped)} of {listed} listed videos were skipped; "
                           f"the reasons are in {REPORT_FILE}")
-    print_summary("preprocess", [
-        ("videos stored (train/test)", f"{report['stored_by_split']['train']}/{report['stored_by_split']['test']}"),
-        ("videos skipped", len(skipped)), ("  of which internal errors (bugs)", len(internal)), ("frames", n_frames), ("wall seconds", wall),
-        ("frames/s", n_frames / wall if wall else 0.0), ("store MB", total_bytes / 1e6),
-        ("bytes per video-second", report["bytes_per_video_second"]), ("report", REPORT_FILE)])
+    print_summary("preprocess", [  # several figures per row: the console stays within ~15 lines
+        ("videos stored train/test, skipped (internal errors)",
+         f"{report['stored_by_split']['train']}/{report['stored_by_split']['test']}, {len(skipped)} ({len(internal)})"),
+        ("frames, frames/s", f"{n_frames:,}, {n_frames / wall if wall else 0.0:,.2f}"), ("wall seconds", wall),
+        ("store MB, bytes per video-second", f"{total_bytes / 1e6:,.2f}, {report['bytes_per_video_second']:,.0f}"),
+        ("report", REPORT_FILE)])
     return report
 
 

@@ -115,9 +115,9 @@ def pretrain(params: Params, root: Path) -> dict[str, Any]:
         trainer.write_curves(root / PLOTS_DIR, state["history"], ["loss", "lr"],
                              ["test_psnr", "test_ssim", *BASELINE_COLUMNS, "cpu_seconds", "wall_seconds"])
         trainer.write_metrics(root / METRICS_OUT, summary, wall)
-    print_summary("pretrain", [("preset", tok.preset), ("tokens", arch.num_tokens), ("steps", summary["step"]),
-                               ("final train loss", summary["train_loss"]), ("test PSNR (dB)", summary["test_psnr"]),
-                               ("test SSIM", summary["test_ssim"]),
+    print_summary("pretrain", [("preset, tokens, steps", f"{tok.preset}, {arch.num_tokens:,}, {summary['step']:,}"),
+                               ("final train loss", summary["train_loss"]),
+                               ("test PSNR (dB) / SSIM", f"{summary['test_psnr']:.2f} / {summary['test_ssim']:.3f}"),
                                *baseline_summary_rows(summary),
                                ("wall seconds", wall), ("model", MODEL_OUT)])
     return summary

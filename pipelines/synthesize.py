@@ -128,11 +128,12 @@ def synthesize(params: Params, root: Path) -> dict[str, float]:
         import shutil
         shutil.rmtree(staged, ignore_errors=True)
         raise
-    print_summary("synthesize", [("classes", cfg.num_classes), ("clips (train/test)",
-                  f"{figures['train_clips']}/{figures['test_clips']}"),
-                  ("clips skipped (internal errors)", figures["internal_errors"]), ("frames", frames),
-                  ("wall seconds", seconds), ("frames/s", figures["frames_per_second"]),
-                  ("output", str(out_dir))])
+    # Few rows, several figures each: the stage's console stays within ~15 lines (README "What you will see").
+    print_summary("synthesize", [("classes", cfg.num_classes),
+                                 ("clips train/test, skipped (internal errors)",
+                                  f"{figures['train_clips']}/{figures['test_clips']}, {figures['internal_errors']}"),
+                                 ("frames, frames/s", f"{frames:,}, {figures['frames_per_second']:,.2f}"),
+                                 ("wall seconds", seconds), ("output", str(out_dir))])
     return figures
 
 

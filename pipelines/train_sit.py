@@ -314,7 +314,7 @@ def train_sit(params: Params, root: Path) -> dict[str, Any]:
         if params.mlflow.register_models:
             _register(run.info.run_id, state["config"], state["ema"])
     print_summary("train_sit", [
-        ("preset", cfg.preset), ("steps", summary["step"]), ("latents", len(store)),
+        ("preset, steps, latents", f"{cfg.preset}, {summary['step']:,}, {len(store):,}"),
         (f"train loss (mean of {k} steps) first -> last", f"{summary['train_loss_first']:.4f} -> {summary['train_loss']:.4f}"),
         ("per-channel stats distance trained / untrained",
          f"{summary['stats_distance_trained']:.4f} / {summary['stats_distance_untrained']:.4f}"),
