@@ -38,9 +38,10 @@ def dashboard(params: Params, root: Path) -> dict[str, Any]:
     _check_reachable(uri)
     summary = build_dashboard(uri, params.mlflow.experiment, resolve_sweep_storage(params, root),
                               resolve_path(root, cfg.out_dir), max_runs=cfg.max_runs, media_runs=cfg.media_runs)
-    rows = [("runs", summary["runs"]), ("stages", ", ".join(summary["stages"]) or "none"),
-            ("frontier points", summary["frontier_points"]), ("learning-curve charts", summary["curve_charts"]),
-            ("sweep trials", summary["sweep_trials"]), ("media files", summary["media"]),
+    # Several figures per row: the stage's console stays within ~15 lines (README "What you will see").
+    rows = [("runs", f"{summary['runs']:,} ({', '.join(summary['stages']) or 'no stages'})"),
+            ("frontier points, learning-curve charts, sweep trials, media files",
+             ", ".join(f"{summary[k]:,}" for k in ("frontier_points", "curve_charts", "sweep_trials", "media"))),
             ("seconds", summary["seconds"]), ("open", summary["index"])]
     rows += [("note", n) for n in summary["notes"]]
     print_summary("dashboard", rows)

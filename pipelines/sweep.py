@@ -596,15 +596,17 @@ def sweep(params: Params, root: Path) -> dict[str, Any]:
         for path in [METRICS_OUT, TRIALS_CSV, BEST_YAML, *PLOTS.values()]:
             if (root / path).exists():
                 client.log_artifact(parent_id, str(root / path), artifact_path="sweep")
-    rows = [("study", name), ("mode", sw.mode), ("trials (complete/pruned/failed/rejected)",
-                                                  (f"{summary['n_complete']}/{summary['n_pruned']}/{summary['n_failed']}/"
-                                                  f"{summary['n_rejected']}")),
-            ("trials run now", launched_now), ("wall seconds", wall)]
+    # Several figures per row: the stage's console stays within ~15 lines (README "What you will see").
+    rows = [("study, mode", f"{name}, {sw.mode}"),
+            ("trials complete/pruned/failed/rejected, run now, wall seconds",
+             f"{summary['n_complete']}/{summary['n_pruned']}/{summary['n_failed']}/{summary['n_rejected']}, "
+             f"{launched_now}, {wall:,.1f}")]
     if best:
-        rows += [("best trial", best["number"]), ("best test PSNR (dB)", best["test_psnr"]),
-                 ("its same-numbers baseline (dB)", best[ATTR_BASELINE]),
+        rows += [("best trial: test PSNR (dB), its same-numbers baseline, tokens",
+                  f"#{best['number']}: {best['test_psnr']:.2f}, "
+                  f"{'-' if best[ATTR_BASELINE] is None else format(best[ATTR_BASELINE], '.2f')}, {best['num_tokens']:,}"),
                  ("spread of completed trials (dB)", summary["test_psnr_spread"]),
-                 ("best tokens", best["num_tokens"]), ("best params", " ".join(set_overrides(best["fragment"])))]
+                 ("best params", " ".join(set_overrides(best["fragment"])))]
     rows += [("Pareto front", ", ".join(f"#{p['number']} {p['num_tokens']} tok {p['test_psnr']:.2f} dB"
                                         for p in summary["pareto"]) or "-"), ("best.yaml", BEST_YAML)]
     print_summary("sweep", rows)

@@ -51,9 +51,14 @@ STAGE_LINE_BUDGET = 15
 
 def stage_sections(console: str) -> dict[str, list[str]]:
     """Per stage of a `dvc repro` console (stdout and stderr in one stream, as a terminal shows them):
-    the lines it leaves on screen apart from progress bars, DVC's "Running stage" and lock-file lines included."""
-    return {part.split("'", 1)[0]: [line for line in console_lines("Running stage '" + part) if not BAR.match(line)]
-            for part in console.split("Running stage '")[1:]}
+    the lines it leaves on screen apart from progress bars, DVC's "Running stage" and lock-file lines
+    included (DVC's closing advice after the last stage is not the stage's)."""
+    sections = {}
+    for part in console.split("Running stage '")[1:]:
+        head, lock, _ = part.partition("Updating lock file")
+        text = "Running stage '" + head + lock + _.partition("\n")[0]
+        sections[part.split("'", 1)[0]] = [line for line in console_lines(text) if not BAR.match(line)]
+    return sections
 
 
 def assert_within_budget(lines: list[str], what: str) -> None:
