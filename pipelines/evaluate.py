@@ -18,6 +18,7 @@ contact_sheet.png, dynamics_scatter.png, paper_table.md}; all logged to MLflow (
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -285,12 +286,13 @@ def _start_actors(params: Params, resources: dict[str, float], spec: dict[str, A
     return [cls.remote(spec) for _ in range(n)]
 
 
-def _run_pool(actors: list, calls: list[tuple[str, tuple]], desc: str) -> list[Any]:
+def _run_pool(actors: list, calls: list[tuple[str, tuple]], desc: str, bar: Any = None) -> list[Any]:
     """Spread method calls over the actors (each busy actor gets the next call when it finishes).
 
     A batch that raises an unanticipated exception is not skipped: FVD and the averages over a silently
     smaller set would not compare with other runs. No new batch starts, the running ones finish, and the
     stage ends with one sentence naming the batch and `internal error: <Type>: <message>`, before any output.
+    `bar`: the stage's one progress bar (shared by the phases, `desc` shown beside it); else a bar of its own.
     """
     import ray
 
@@ -299,7 +301,10 @@ def _run_pool(actors: list, calls: list[tuple[str, tuple]], desc: str) -> list[A
     results: list[Any] = [None] * len(calls)
     idle, pending, nxt = list(actors), {}, 0
     failed: list[ItemError] = []
-    with console.progress_bar(total=len(calls), desc=desc, unit="batch", leave=False) as bar:  # one bar at a time
+    own = console.progress_bar(total=len(calls), desc=desc, unit="batch") if bar is None else contextlib.nullcontext()
+    with own:
+        bar = own if bar is None else bar
+        bar.set_postfix_str(desc)
         while nxt < len(calls) or pending:
             while idle and nxt < len(calls):
                 actor = idle.pop()
@@ -418,13 +423,16 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
         with ray_cluster(params.ray) as resources:
             work = max(len(gen_batches), len(recon_batches), len(real_calls))
             actors = _start_actors(params, resources, spec, work)
-            recon_res = _run_pool(actors, [("reconstruct", (recon_rows.iloc[b], max(0, SHEET_VIDEOS - b[0])))
-                                           for b in recon_batches], "reconstruct")
-            gen_res = _run_pool(actors, [("generate", (b, max(ev.grid_videos, SHEET_VIDEOS))) for b in gen_batches],
-                                "generate")
-            probe = ray.get(actors[0].probe.remote())
-            real_res = _run_pool(actors, real_calls, "real features")
-            noise_res = _run_pool(actors, noise_calls, "noise features") if noise_calls else []
+            # The stage's one bar over every batch of the four phases (the phase is shown beside it).
+            batches = len(recon_batches) + len(gen_batches) + len(real_calls) + len(noise_calls)
+            with console.progress_bar(total=batches, desc="evaluate", unit="batch") as bar:
+                recon_res = _run_pool(actors, [("reconstruct", (recon_rows.iloc[b], max(0, SHEET_VIDEOS - b[0])))
+                                               for b in recon_batches], "reconstruct", bar)
+                gen_res = _run_pool(actors, [("generate", (b, max(ev.grid_videos, SHEET_VIDEOS)))
+                                             for b in gen_batches], "generate", bar)
+                probe = ray.get(actors[0].probe.remote())
+                real_res = _run_pool(actors, real_calls, "real features", bar)
+                noise_res = _run_pool(actors, noise_calls, "noise features", bar) if noise_calls else []
             n_actors = len(actors)
             for a in actors:
                 ray.kill(a)
