@@ -546,7 +546,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
     yard_rows = [] if y is None else [
         (f"yardstick FVD-{y['frames']} vs train: real test / recon / SiT / noise",
          figures(y["fvd_real_test_vs_train"], y["fvd_recon_vs_train"], y["fvd_samples_vs_train"],
-                 y["fvd_noise_vs_train"], fmt=".1f"))]
+                 y["fvd_noise_vs_train"]))]
     print_summary("evaluate", [
         ("weights: FVD detector; LPIPS",
          f"{ev.fvd_detector}: {used['fvd']['assets']}; {ev.lpips_backbone}: {used['lpips']['assets']}"),
@@ -554,7 +554,7 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
          f"{figures(rec['psnr'])} / {figures(rec['ssim'], metrics['reconstruction']['lpips'], fmt='.3f')}, "
          f"{figures(dyn_r, fmt='.3f')}"),
         (f"rFVD / FVD-{clip or '(clip)'} / FVD-{data.num_frames}",
-         figures(metrics["reconstruction"]["rfvd"], g["fvd_clip"], g["fvd_full"], fmt=".1f")),
+         figures(metrics["reconstruction"]["rfvd"], g["fvd_clip"], g["fvd_full"])),
         *yard_rows,
         (f"s / video (batch 1), peak memory MB ({g['memory_kind']})",
          f"{g['single_video_seconds']:.2f}, {g['single_video_peak_memory_mb']:,.0f}"),

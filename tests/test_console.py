@@ -4,6 +4,7 @@ and child-process output goes to logs/<stage>.log."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -139,7 +140,8 @@ def test_marked_worker_lines_drive_the_bar_and_notes(tmp_path, capfd):
     """The lines Ray forwards from workers (the dict Ray's log thread hands its handlers)."""
     with console.stage_console("pretrain", tmp_path / "logs" / "pretrain.log"):
         with console.training_bar(10, "pretrain") as bar:
-            lines = [console.START_MARK + '{"step": 3, "across": ""}',  # this invocation resumes a run
+            lines = [console.START_MARK + '{"step": 3, "across": "", "worker": "w1"}',  # resumes a run
+                     console.START_MARK + '{"step": 3, "across": "", "worker": "w1"}',  # forwarded twice
                      console.PROGRESS_MARK + '{"step": 4, "loss": 0.5, "lr": 0.001}',
                      "Reporting training result 1: TrainingReport(...)",
                      console.PROGRESS_MARK + '{"step": 5, "loss": 0.25, "test_psnr": 21.5}',
@@ -151,7 +153,7 @@ def test_marked_worker_lines_drive_the_bar_and_notes(tmp_path, capfd):
             console.on_worker_output({"lines": [console.PROGRESS_MARK + '{"step": 6, "loss": 0.2}']})
             assert bar.n == 6 and bar.postfix == "loss=0.2 test_psnr=21.5"  # the last eval figure stays
             # Ray Train restarts the worker group after losing a worker: the new group starts at its checkpoint.
-            console.on_worker_output({"lines": [console.START_MARK + '{"step": 4, "across": ""}']})
+            console.on_worker_output({"lines": [console.START_MARK + '{"step": 4, "across": "", "worker": "w2"}']})
             assert bar.n == 4
     err = console_lines(capfd.readouterr().err)
     assert [line for line in err if not BAR.match(line)] == [
@@ -162,8 +164,9 @@ def test_marked_worker_lines_drive_the_bar_and_notes(tmp_path, capfd):
 def test_a_fresh_training_run_says_nothing_until_a_worker_is_lost(tmp_path, capfd):
     with console.stage_console("finetune", tmp_path / "logs" / "finetune.log"):
         with console.training_bar(4, "finetune"):
-            console.on_worker_output({"lines": [console.START_MARK + '{"step": 0, "across": ""}']})
-            console.on_worker_output({"lines": [console.START_MARK + '{"step": 0, "across": " (on 1)"}']})
+            for worker in ("w1", "w1", "w2"):  # Ray may forward a line twice; w2: a new rank-0 worker
+                console.on_worker_output({"lines": [console.START_MARK + json.dumps(
+                    {"step": 0, "across": " (on 1)" if worker == "w2" else "", "worker": worker})]})
     err = [line for line in console_lines(capfd.readouterr().err) if not BAR.match(line)]
     assert err == ["warning: a training worker was lost before the first checkpoint; the run restarts from step 0 (on 1)"]
 

@@ -29,7 +29,7 @@ from typing import Any, Iterator, TextIO
 
 NOTE_MARK = "[coordtok] "               # a worker line for the user's console (printed as is)
 PROGRESS_MARK = "[coordtok-progress] "  # a worker's training progress (JSON), drawn as the stage's bar
-START_MARK = "[coordtok-start] "        # rank 0 of a training worker group starting (JSON: step, across)
+START_MARK = "[coordtok-start] "        # rank 0 of a training worker group starting (JSON: step, across, worker)
 PROJECT_DIRS = tuple(str(Path(__file__).resolve().parents[2] / d) + os.sep
                      for d in ("components", "pipelines", "dashboards"))
 # Figures a training bar shows as "the last eval figure", first present wins.
@@ -44,7 +44,7 @@ class _State:
         self.shown: set[str] = set()
         self.bar: Any = None
         self.last_eval: str = ""
-        self.group_starts = 0  # training worker groups started under the current training bar
+        self.groups: set[str] = set()  # rank-0 workers started under the current training bar
         self.lock = threading.Lock()
 
 
@@ -98,7 +98,7 @@ def progress_bar(**kwargs: Any):
 def training_bar(total: int, desc: str) -> Iterator[Any]:
     """The stage's training bar, driven by `worker_progress` lines of rank 0 (loss, last eval figure)."""
     bar = progress_bar(total=total, desc=desc, unit="step")
-    _state.bar, _state.last_eval, _state.group_starts = bar, "", 0
+    _state.bar, _state.last_eval, _state.groups = bar, "", set()
     try:
         yield bar
     finally:
@@ -117,8 +117,17 @@ def worker_note(message: str) -> None:
 
 def worker_group_started(step: int, across: str = "") -> None:
     """From rank 0 of a training worker group, once it has restored (step 0 for a fresh run): the driver
-    tells a resumed invocation from a worker group that Ray Train restarted after losing a worker."""
-    print(START_MARK + json.dumps({"step": int(step), "across": across}), flush=True)
+    tells a resumed invocation from a worker group that Ray Train restarted after losing a worker (a new
+    rank-0 worker process). Ray may forward a line twice (stdout and a log copy): the worker id tells."""
+    worker = str(os.getpid())  # outside Ray (tests): the process is the worker
+    try:
+        import ray
+
+        if ray.is_initialized():
+            worker = ray.get_runtime_context().get_worker_id()
+    except Exception:  # noqa: BLE001 - the pid is as good on one node
+        pass
+    print(START_MARK + json.dumps({"step": int(step), "across": across, "worker": worker}), flush=True)
 
 
 def worker_progress(step: int, row: dict[str, Any]) -> None:
@@ -150,10 +159,12 @@ def _on_progress(payload: dict[str, Any]) -> None:
 
 
 def _on_group_start(payload: dict[str, Any]) -> None:
-    step, across = int(payload.get("step", 0)), str(payload.get("across", ""))
+    step, across, worker = int(payload.get("step", 0)), str(payload.get("across", "")), str(payload.get("worker"))
     with _state.lock:
-        _state.group_starts += 1
-        restarted = _state.group_starts > 1  # this invocation already had a worker group: one was lost
+        if worker in _state.groups:  # the same line forwarded again
+            return
+        _state.groups.add(worker)
+        restarted = len(_state.groups) > 1  # this invocation already had a worker group: one was lost
         bar = _state.bar
         if bar is not None and step != bar.n:  # the bar continues from the checkpoint, rate counted from here
             bar.reset(total=bar.total)
