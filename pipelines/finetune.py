@@ -64,13 +64,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from components.data.preview import write_previews
     from components.metrics.lpips import LPIPS
-    from components.tokenizer.finetuning import (
-        FrameSampler, FrameSamplingModel, frame_loss_backward, group_frames, valid_frame_mask,
-    )
-    from components.data.pixels import to_unit
-    from components.data.sampling import SamplePlan
-    from components.parallel import global_sum, micro_step
-    from components.tokenizer.training import adamw_with_schedule, eval_clips, evaluate_reconstruction
+    from components.tokenizer.finetuning import FinetuneRunner
+    from components.tokenizer.training import eval_clips, evaluate_reconstruction
 
     params = validate_params(config["params"])
     data, tok, cfg = params.data, params.tokenizer, params.finetune
@@ -84,56 +79,21 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     weights_dir = config["weights_dir"]
     loss_lpips = LPIPS(cfg.lpips_backbone, weights_dir, allow_download=False, chunk=cfg.lpips_chunk).to(device)
     eval_lpips = LPIPS(cfg.eval_lpips_backbone, weights_dir, allow_download=False, chunk=cfg.lpips_chunk).to(device)
-    torch.manual_seed(cfg.seed)
-    opt, sched = adamw_with_schedule(core.parameters(), cfg)
-
-    def load(state: dict[str, Any]) -> None:
-        core.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-
-    start = worker.restore(load)
-    model = ray.train.torch.prepare_model(FrameSamplingModel(core))
-
     processed = Path(config["processed_dir"])
     index = pd.read_parquet(processed / INDEX_FILE)
-    pt, group = tok.arch.dec_patch_size_t, tok.group_frames
-    sampler = FrameSampler(processed, index[index.split == "train"], data.num_frames, pt, group,
-                           cfg.frames_per_video, cfg.seed)
-    plan = SamplePlan(cfg.batch_size, worker.world, cfg.grad_accum)
+    # The step (sample plan split by rank, loss arithmetic, DDP) lives in the runner: tests/ddp_worker.py
+    # trains the same runner in a plain gloo group to show 2 workers train the 1-worker model.
+    runner = FinetuneRunner(params, processed, index, core, loss_lpips, device, worker.amp, worker.rank, worker.world)
+    start = worker.restore(runner.load_state_dict)
+    runner.model = ray.train.torch.prepare_model(runner.model)
     eval_ids, eval_x, eval_n = eval_clips(processed, index[index.split == "test"], data.num_frames, cfg.eval_videos)
 
-    model.train()
+    runner.model.train()
     for step in range(start, cfg.steps):
-        sums = {"loss": 0.0, "l2": 0.0, "lpips": 0.0}
-        # Means divide by the global batch's real frames (not this slice's): per-slice values add up
-        # to the single-worker mean whatever the split (components/parallel.py).
-        denominator = sampler.valid_frames(step, cfg.batch_size)
-        for micro in range(cfg.grad_accum):
-            b = sampler.batch(plan.items(worker.rank, micro), step)
-            video = to_unit(torch.from_numpy(b["video"]).to(device))
-            n_frames = torch.from_numpy(b["n_frames"]).to(device)
-            starts = torch.from_numpy(b["starts"]).to(device)
-            with micro_step(model, micro, cfg.grad_accum):
-                with worker.autocast():
-                    pred = model(video, n_frames, starts, group)
-                target = group_frames(video, starts, group, pt)
-                valid = valid_frame_mask(starts, n_frames, group, pt)
-                # LPIPS backpropagated chunk by chunk: its activations never all sit in memory at once.
-                # x world: DDP averages gradients over ranks.
-                values = frame_loss_backward(pred, target, valid, loss_lpips, cfg.lpips_weight, cfg.lpips_chunk,
-                                             scale=float(plan.world), denominator=denominator)
-            for k, v in zip(("loss", "l2", "lpips"), values):
-                sums[k] += v
-            worker.count(len(video))
-        sums = {k: global_sum(v, device) for k, v in sums.items()}
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
+        sums, seen = runner.train_step(step)
+        worker.count(seen)
         done = step + 1
-        row: dict[str, float] = {**sums, "lr": sched.get_last_lr()[0]}
+        row: dict[str, float] = {**sums, "lr": runner.lr}
         if worker.is_main and worker.is_eval_step(done):
             res = evaluate_reconstruction(core, eval_x, eval_n, tok.group_frames, device, worker.amp,
                                           perceptual=eval_lpips)
@@ -142,8 +102,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 n = int(eval_n[0])
                 paths = write_previews(tmp, f"{eval_ids[0]}_step{done:06d}", eval_x[0][:n], res.recon[0][:n])
                 worker.log_artifacts(paths, f"previews/step_{done:06d}")
-        worker.end_step(done, row, lambda: {"model": core.state_dict(), "optimizer": opt.state_dict(),
-                                            "scheduler": sched.state_dict(), "config": core.config})
+        worker.end_step(done, row, runner.state_dict)
     worker.finish()
 
 

@@ -118,6 +118,80 @@ def sample_distances(sit, reference: dict[str, tuple[np.ndarray, np.ndarray]], n
             "position_distance": float(np.sqrt(np.mean(np.concatenate(pos) ** 2)))}
 
 
+class SiTRunner:
+    """One process's share of a SiT training run: the model (already holding its start weights), its
+    EMA, AdamW + schedule and the step's global sample plan over the latent store.
+
+    The train_sit stage's Ray Train workers wrap `ddp` for DDP (`runner.ddp = prepare_model(runner.model)`)
+    after restoring a checkpoint; tests/ddp_worker.py wraps it in plain DDP.
+    """
+
+    def __init__(self, cfg, model: torch.nn.Module, store, device, amp: torch.dtype | None = None, rank: int = 0,
+                 world: int = 1):
+        from components.data.sampling import SamplePlan
+        from components.generator.transport import Transport
+        from components.tokenizer.training import adamw_with_schedule
+
+        self.cfg, self.store, self.device, self.amp, self.rank = cfg, store, device, amp, rank
+        self.model = model
+        self.ddp: torch.nn.Module = model  # what the step runs (a DDP wrapper in the stage)
+        self.ema = copy.deepcopy(model).requires_grad_(False).eval()
+        self.opt, self.sched = adamw_with_schedule(model.parameters(), cfg, betas=(0.9, 0.999))  # SiT's AdamW defaults
+        self.transport = Transport(cfg.path)
+        self.plan = SamplePlan(cfg.batch_size, world, cfg.grad_accum)
+        self.labels = torch.from_numpy(store.labels)
+
+    def train_step(self, step: int) -> tuple[dict[str, float], int]:
+        """One optimizer step (with gradient accumulation) and EMA update on this rank's slices of the
+        step's global batch; returns ({loss of the global batch, grad_norm}, latents this rank saw)."""
+        from components.generator.latent_stats import normalize
+        from components.generator.sit import ema_update
+        from components.parallel import global_sum, micro_step
+
+        cfg, device, plan, store = self.cfg, self.device, self.plan, self.store
+        loss_sum, seen = 0.0, 0
+        for micro in range(cfg.grad_accum):
+            items = plan.items(self.rank, micro)
+            rows, t, noise, drops = draw_items(cfg.seed, step, items, len(store), store.plane_shapes, self.transport,
+                                               cfg.label_dropout)
+            x1 = normalize(store.planes(rows, device), store.stats)
+            t, noise = t.to(device), tuple(n.to(device) for n in noise)
+            kwargs: dict[str, Any] = {}
+            if self.model.num_classes:
+                kwargs["y"] = self.labels[rows].to(device)
+                kwargs["force_drop_ids"] = drops.to(device)
+            with micro_step(self.ddp, micro, cfg.grad_accum):
+                with torch.autocast(device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                    # The slice's mean x its share of the global batch; x world undoes DDP's averaging.
+                    loss = self.transport.training_losses(self.ddp, x1, t=t, noise=noise,
+                                                          model_kwargs=kwargs)["loss"].mean() * plan.share
+                (loss * plan.world).backward()
+            loss_sum += loss.item()
+            seen += len(items)
+        loss_sum = global_sum(loss_sum, device)
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        ema_update(self.ema, self.model, cfg.ema_decay)
+        return {"loss": loss_sum, "grad_norm": float(grad_norm)}, seen
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "config": self.model.config}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+
+
 # ------------------------------------------------------------------------------ worker side
 
 
@@ -125,13 +199,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Runs in every Ray Train worker; rank 0 also evaluates, checkpoints and logs to MLflow."""
     import ray.train.torch
 
-    from components.generator.latent_stats import normalize
-    from components.generator.sit import ema_update
     from components.generator.store import LatentStore
-    from components.data.sampling import SamplePlan
-    from components.generator.transport import Transport
-    from components.parallel import global_sum, micro_step
-    from components.tokenizer.training import adamw_with_schedule
 
     params = validate_params(config["params"])
     cfg = params.train_sit
@@ -142,8 +210,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     worker = trainer.TrainWorker(config, cfg, grid_xy * grid_xy + 2 * grid_t * grid_xy, sit_arch.hidden_size)
     device = worker.device
     store = LatentStore(config["latents_dir"])
-    stats = store.stats
-    labels_all = torch.from_numpy(store.labels)
 
     init = config.get("init_from")
     if init:  # a given checkpoint's architecture (e.g. a converted release: learn_sigma, folded labels)
@@ -164,58 +230,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                                      eval_seed, device)
     if init:
         model.load_state_dict(init_payload.get("model") or init_payload["ema"])
-    ema = copy.deepcopy(model).requires_grad_(False).eval()
+    # The step (sample plan split by rank, loss arithmetic, DDP, EMA) lives in the runner: tests/ddp_worker.py
+    # trains the same runner in a plain gloo group to show 2 workers train the 1-worker model.
+    runner = SiTRunner(cfg, model, store, device, worker.amp, worker.rank, worker.world)
+    ema = runner.ema
     if init and init_payload.get("ema") is not None:
         ema.load_state_dict(init_payload["ema"])
-    opt, sched = adamw_with_schedule(model.parameters(), cfg, betas=(0.9, 0.999))  # SiT's AdamW defaults
 
-    def load(state: dict[str, Any]) -> None:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
+    start = worker.restore(runner.load_state_dict)
+    runner.ddp = ray.train.torch.prepare_model(model)
 
-    start = worker.restore(load)
-    ddp = ray.train.torch.prepare_model(model)
-    transport = Transport(cfg.path)
-    plan = SamplePlan(cfg.batch_size, worker.world, cfg.grad_accum)
-    shapes = store.plane_shapes
-
-    ddp.train()
+    runner.ddp.train()
     for step in range(start, cfg.steps):
-        loss_sum = 0.0
-        for micro in range(cfg.grad_accum):
-            items = plan.items(worker.rank, micro)
-            rows, t, noise, drops = draw_items(cfg.seed, step, items, len(store), shapes, transport,
-                                               cfg.label_dropout)
-            x1 = normalize(store.planes(rows, device), stats)
-            t, noise = t.to(device), tuple(n.to(device) for n in noise)
-            kwargs: dict[str, Any] = {}
-            if model.num_classes:
-                kwargs["y"] = labels_all[rows].to(device)
-                kwargs["force_drop_ids"] = drops.to(device)
-            with micro_step(ddp, micro, cfg.grad_accum):
-                with worker.autocast():
-                    # The slice's mean x its share of the global batch; x world undoes DDP's averaging.
-                    loss = transport.training_losses(ddp, x1, t=t, noise=noise,
-                                                     model_kwargs=kwargs)["loss"].mean() * plan.share
-                (loss * plan.world).backward()
-            loss_sum += loss.item()
-            worker.count(len(items))
-        loss_sum = global_sum(loss_sum, device)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        ema_update(ema, model, cfg.ema_decay)
+        stepped, seen = runner.train_step(step)
+        worker.count(seen)
         done = step + 1
-        row: dict[str, float] = {"loss": loss_sum, "grad_norm": float(grad_norm), "lr": sched.get_last_lr()[0]}
+        row: dict[str, float] = {**stepped, "lr": runner.lr}
         if worker.is_main and worker.is_eval_step(done):
             row.update(sample_distances(ema, reference, cfg.eval_samples, cfg.eval_sampler, cfg.eval_steps,
                                         eval_seed, device))
-        worker.end_step(done, row, lambda: {"model": model.state_dict(), "ema": ema.state_dict(),
-                                            "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                                            "config": model.config, "untrained": untrained})
+        worker.end_step(done, row, lambda: {**runner.state_dict(), "untrained": untrained})
     worker.finish()
 
 

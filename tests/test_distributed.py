@@ -3,10 +3,12 @@ by rank, the loss arithmetic under DDP (real gloo process groups) and gradient a
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,33 +63,82 @@ def test_rank_batches_together_are_the_single_worker_batch(processed):
     assert f.valid_frames(2, 8) == 8 * 2  # every sampled frame is real here (clips longer than 8 frames)
 
 
+def test_sit_rank_items_together_are_the_single_worker_batch():
+    """train_sit's items (store rows, times, noise, label drops) of 2 ranks x 2 micro-steps are exactly
+    the single worker's, in order, and distinct items differ."""
+    from components.generator.transport import Transport
+    from pipelines.train_sit import draw_items
+
+    shapes, transport = ((4, 4, 4), (4, 4, 2), (4, 4, 2)), Transport("linear")
+    whole = draw_items(5, 11, range(8), 100, shapes, transport, 0.5)
+    plan = SamplePlan(8, world=2, grad_accum=2)
+    parts = [draw_items(5, 11, plan.items(r, m), 100, shapes, transport, 0.5) for r in range(2) for m in range(2)]
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), whole[0])
+    torch.testing.assert_close(torch.cat([p[1] for p in parts]), whole[1], rtol=0, atol=0)
+    for k in range(len(shapes)):
+        torch.testing.assert_close(torch.cat([p[2][k] for p in parts]), whole[2][k], rtol=0, atol=0)
+    torch.testing.assert_close(torch.cat([p[3] for p in parts]), whole[3], rtol=0, atol=0)
+    assert len(set(whole[1].tolist())) == 8 and len({n.numpy().tobytes() for n in whole[2][0]}) == 8
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
+# Test-size settings of each stage's section for the gloo runs (steps: the schedule's length; the
+# runs stop earlier). finetune starts from a fixed tokenizer with stand-in (random-valued) LPIPS
+# weights, chunked 3 frames at a time so ranks cut their frames differently from one worker. Its loss
+# network is AlexNet: the random VGG16 stand-in is ill-conditioned on 32-px frames (its deepest
+# features nearly vanish and LPIPS divides them by their norm), which turned the same fp32 rounding
+# (3e-7 relative in the first step's gradients) into 2.8e-5 relative loss differences by step 17,
+# against 9e-8 with AlexNet and 1.8e-7 with no LPIPS (measured 1 vs 2 workers, 20 steps). train_sit
+# is class-conditional so that label dropout (drawn per item) is part of what must match.
+GLOO_SETTINGS = {"pretrain": {"eval_videos": 1},
+                 "finetune": {"frames_per_video": 2, "eval_videos": 1, "lpips_backbone": "alex", "lpips_chunk": 3},
+                 "train_sit": {"class_conditional": True, "label_dropout": 0.5}}
+
+
 def _gloo_run(tmp: Path, processed: Path, world: int, steps: int | tuple[int, int], resume: Path | None = None,
-              **pretrain) -> dict:
-    """`world` real processes in a gloo group training PretrainRunner under DDP (steps: a count, or a
-    (start, stop) range continuing from `resume`'s state); rank 0's results."""
+              stage: str = "pretrain", data_dir: Path | None = None, weights: Path | None = None,
+              **section) -> dict:
+    """`world` real processes in a gloo group training `stage`'s runner under DDP (steps: a count, or
+    a (start, stop) range continuing from `resume`'s state) on `data_dir` (default: the processed
+    store); rank 0's results."""
     start, stop = steps if isinstance(steps, tuple) else (0, steps)
     raw = yaml.safe_load((processed / "params.yaml").read_text())
-    raw["pretrain"].update({"batch_size": 4, "grad_accum": 1, "precision": "fp32", "steps": 40, "eval_videos": 1,
-                            "num_workers": world, **pretrain})
-    tag = f"w{world}a{raw['pretrain']['grad_accum']}s{start}-{stop}"
+    raw[stage].update({"batch_size": 4, "grad_accum": 1, "precision": "fp32", "steps": 40, "num_workers": world,
+                       **GLOO_SETTINGS[stage], **section})
+    if weights is not None:
+        raw["weights"] = {"dir": str(weights), "allow_download": False}
+    tag = f"{stage}-w{world}a{raw[stage]['grad_accum']}s{start}-{stop}"
     pfile = tmp / f"params-{tag}.yaml"
     pfile.write_text(yaml.safe_dump(raw))
     out, port = tmp / f"{tag}.pt", _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(REPO / "tests/ddp_worker.py"), str(pfile),
-                               str(processed / "data/processed"), str(rank), str(world), str(port), str(start),
-                               str(stop), str(out), *([str(resume)] if resume else [])], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    data = data_dir or processed / "data/processed"
+    procs = [subprocess.Popen([sys.executable, str(REPO / "tests/ddp_worker.py"), stage, str(pfile), str(data),
+                               str(rank), str(world), str(port), str(start), str(stop), str(out),
+                               *([str(resume)] if resume else [])],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in range(world)]
     for p in procs:
         log, _ = p.communicate(timeout=300)
         assert p.returncode == 0, log[-3000:]
     return torch.load(out, weights_only=True)
+
+
+def _assert_same_model(reference: dict, run: dict, atol: float) -> tuple[float, float]:
+    """Per-step losses within 1e-5 relative and final weights within `atol` of `reference`'s;
+    returns (max relative loss difference, max weight difference)."""
+    ref = np.array(reference["losses"])
+    rel = np.abs(np.array(run["losses"]) - ref) / np.abs(ref)
+    assert rel.max() <= 1e-5, rel
+    for k, w in reference["model"].items():
+        torch.testing.assert_close(run["model"][k], w, rtol=0, atol=atol, msg=k)
+    weight = max(float((run["model"][k] - w).abs().max()) for k, w in reference["model"].items())
+    return float(rel.max()), weight
 
 
 # Final-weight tolerance after 20 AdamW steps (lr 1e-3) in fp32: the runs add the same gradients in a
@@ -108,14 +159,11 @@ def test_two_ddp_workers_train_the_single_worker_model(tmp_path, processed):
     two = _gloo_run(tmp_path, processed, 2, 20)
     accum = _gloo_run(tmp_path, processed, 2, 20, grad_accum=2)
     ref = np.array(one["losses"])
-    for run in (two, accum):
-        rel = np.abs(np.array(run["losses"]) - ref) / np.abs(ref)
-        assert rel.max() <= 1e-5, rel
-        for k, w in one["model"].items():
-            torch.testing.assert_close(run["model"][k], w, rtol=0, atol=WEIGHT_ATOL, msg=k)
+    for label, run in (("2 workers", two), ("2 workers x grad_accum 2", accum)):
+        rel, weight = _assert_same_model(one, run, WEIGHT_ATOL)
+        print(f"pretrain, {label} vs 1 worker: max relative loss difference {rel:.2e}, max weight difference {weight:.2e}")
     assert ref[-1] < ref[0]  # it trained (the comparison is not between two untouched models)
     assert two["allreduce_calls"] > 0 and accum["allreduce_calls"] == two["allreduce_calls"]
-    print(f"max relative loss difference 2x{2}: {np.max(np.abs(np.array(two['losses']) - ref) / ref):.2e}")
 
     # A checkpoint written by 1 worker continues with 2 (and back): still the same model.
     first = _gloo_run(tmp_path, processed, 1, (0, 10))
@@ -125,6 +173,29 @@ def test_two_ddp_workers_train_the_single_worker_model(tmp_path, processed):
     assert rel.max() <= 1e-5, rel
     for k, w in one["model"].items():
         torch.testing.assert_close(rest["model"][k], w, rtol=0, atol=WEIGHT_ATOL, msg=k)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["finetune", "train_sit"])
+def test_two_ddp_workers_finetune_and_train_sit_the_single_worker_model(tmp_path, processed, standin_weights,
+                                                                         stage):
+    """finetune and train_sit, as pretrain: 2 workers x b/2 (and with grad_accum 2) vs 1 worker x b in
+    fp32, same seed and global batch: per-step losses within 1e-5 relative over 20 steps, final
+    weights within WEIGHT_ATOL, one all-reduce per step whatever the accumulation."""
+    from test_train_sit import _structured_store
+
+    data = None
+    if stage == "train_sit":
+        data = tmp_path / "latents"
+        _structured_store(data)
+    run = functools.partial(_gloo_run, tmp_path, processed, stage=stage, data_dir=data, weights=standin_weights)
+    one, two, accum = run(1, 20), run(2, 20), run(2, 20, grad_accum=2)
+    for label, other in (("2 workers", two), ("2 workers x grad_accum 2", accum)):
+        rel, weight = _assert_same_model(one, other, WEIGHT_ATOL)
+        print(f"{stage}, {label} vs 1 worker: max relative loss difference {rel:.2e}, max weight difference "
+              f"{weight:.2e}")
+    assert one["losses"][-1] < one["losses"][0]  # it trained
+    assert two["allreduce_calls"] > 0 and accum["allreduce_calls"] == two["allreduce_calls"]
 
 
 # ------------------------------------------------------------------ on a real two-node Ray cluster
@@ -150,9 +221,14 @@ def _start_stage(stage: str, root: Path, cluster) -> subprocess.Popen:
                             cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _run_stage(stage: str, root: Path, cluster, ok: bool = True) -> str:
+def _run_stage(stage: str, root: Path, cluster, ok: bool = True, timeout: float = 900) -> str:
     proc = _start_stage(stage, root, cluster)
-    out, _ = proc.communicate(timeout=900)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+        raise AssertionError(f"{stage} did not finish within {timeout:.0f} s; its output ends:\n{out[-4000:]}")
     assert (proc.returncode == 0) == ok, out[-4000:]
     return out
 
@@ -284,9 +360,13 @@ def test_every_stage_runs_on_the_two_node_cluster(tmp_path, two_node_cluster, st
     markers = {"synthesize": ":task_name:run_item", "preprocess": ":task_name:run_item",
                "pretrain": "RayTrainWorker", "finetune": "RayTrainWorker", "extract_latents": "ClipEncoder",
                "train_sit": "RayTrainWorker", "sweep": ":task_name:run_trial", "evaluate": "EvalWorker"}
+    seconds = {}
     for stage, marker in markers.items():
         seen = {d: set(cluster.logs_mentioning(d, marker)) for d in (cluster.head_dir, cluster.worker_dir)}
+        t0 = time.perf_counter()
         _run_stage(stage, tmp_path, cluster)
+        seconds[stage] = time.perf_counter() - t0
+        print(f"{stage}: {seconds[stage]:.1f} s", flush=True)
         for d, before in seen.items():
             assert set(cluster.logs_mentioning(d, marker)) - before, f"{stage}: nothing of {marker!r} ran on {d.name}"
     assert (tmp_path / "metrics/evaluate.json").is_file()

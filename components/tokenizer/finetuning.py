@@ -147,3 +147,79 @@ def frame_loss_backward(pred: torch.Tensor, target: torch.Tensor, valid: torch.T
     pred.backward(leaf.grad.to(pred.dtype))
     l2_value = l2.detach().item()  # float(l2) of a grad-tracking tensor warns
     return l2_value + lpips_weight * lp_total, l2_value, lp_total
+
+
+class FinetuneRunner:
+    """One process's share of a fine-tuning run: the tokenizer it starts from (`core`, already
+    loaded), AdamW + schedule, the frame sampler and the step's global sample plan.
+
+    The finetune stage's Ray Train workers wrap `model` for DDP (`runner.model = prepare_model(runner.model)`)
+    after restoring a checkpoint; tests/ddp_worker.py wraps it in plain DDP. torch is seeded before
+    the optimizer is built, as the stage always did.
+    """
+
+    def __init__(self, params, processed_dir: str | os.PathLike, index: pd.DataFrame, core: torch.nn.Module,
+                 perceptual: torch.nn.Module | None, device: torch.device, amp: torch.dtype | None = None,
+                 rank: int = 0, world: int = 1):
+        from components.data.sampling import SamplePlan
+        from components.tokenizer.training import adamw_with_schedule
+
+        data, tok, cfg = params.data, params.tokenizer, params.finetune
+        self.cfg, self.device, self.amp, self.rank = cfg, device, amp, rank
+        self.core, self.perceptual = core, perceptual
+        self.group, self.patch_t = tok.group_frames, tok.arch.dec_patch_size_t
+        torch.manual_seed(cfg.seed)
+        self.opt, self.sched = adamw_with_schedule(core.parameters(), cfg)
+        self.model: torch.nn.Module = FrameSamplingModel(core)  # what the step runs (a DDP wrapper in the stage)
+        self.sampler = FrameSampler(processed_dir, index[index.split == "train"], data.num_frames, self.patch_t,
+                                    self.group, cfg.frames_per_video, cfg.seed)
+        self.plan = SamplePlan(cfg.batch_size, world, cfg.grad_accum)
+
+    def train_step(self, step: int) -> tuple[dict[str, float], int]:
+        """One optimizer step (with gradient accumulation) on this rank's slices of the step's global
+        batch; returns ({loss, l2, lpips} of the global batch, videos this rank saw)."""
+        from components.data.pixels import to_unit
+        from components.parallel import global_sum, micro_step
+
+        cfg, device, plan = self.cfg, self.device, self.plan
+        sums, seen = {"loss": 0.0, "l2": 0.0, "lpips": 0.0}, 0
+        # Means divide by the global batch's real frames (not this slice's): per-slice values add up
+        # to the single-worker mean whatever the split (components/parallel.py).
+        denominator = self.sampler.valid_frames(step, cfg.batch_size)
+        for micro in range(cfg.grad_accum):
+            b = self.sampler.batch(plan.items(self.rank, micro), step)
+            video = to_unit(torch.from_numpy(b["video"]).to(device))
+            n_frames = torch.from_numpy(b["n_frames"]).to(device)
+            starts = torch.from_numpy(b["starts"]).to(device)
+            with micro_step(self.model, micro, cfg.grad_accum):
+                with torch.autocast(device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+                    pred = self.model(video, n_frames, starts, self.group)
+                target = group_frames(video, starts, self.group, self.patch_t)
+                valid = valid_frame_mask(starts, n_frames, self.group, self.patch_t)
+                # LPIPS backpropagated chunk by chunk: its activations never all sit in memory at once.
+                # x world: DDP averages gradients over ranks.
+                values = frame_loss_backward(pred, target, valid, self.perceptual, cfg.lpips_weight, cfg.lpips_chunk,
+                                             scale=float(plan.world), denominator=denominator)
+            for k, v in zip(("loss", "l2", "lpips"), values):
+                sums[k] += v
+            seen += len(video)
+        sums = {k: global_sum(v, device) for k, v in sums.items()}
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        return sums, seen
+
+    @property
+    def lr(self) -> float:
+        return self.sched.get_last_lr()[0]
+
+    def state_dict(self) -> dict:
+        return {"model": self.core.state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "config": self.core.config}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.core.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
