@@ -29,10 +29,10 @@ from conftest import REPO, shrink
 from test_console import console_lines
 
 from components.config import load_params
+from pipelines.common.cluster import TASK_RETRIED_NOTE
 
 pytestmark = pytest.mark.slow
 
-TASK_RETRIED = "warning: a Ray worker was lost mid-task; Ray retried its task (the result is the same)"
 
 # Clips long enough (and enough of them) that a Ray worker is caught mid-task.
 DATA = {"num_frames": 16}
@@ -184,7 +184,7 @@ def test_killed_task_workers_in_synthesize_and_preprocess_are_retried_to_identic
         text = _finish(proc, log)
         assert proc.returncode == 0, text[-3000:]
         # The retry is said once on the console (the stage's stdout/stderr), in the project's words.
-        assert console_lines(text).count(TASK_RETRIED) == 1, text[-3000:]
+        assert console_lines(text).count(TASK_RETRIED_NOTE) == 1, text[-3000:]
         assert _digest(tmp_path / out) == _digest(undisturbed / out), f"{stage} after killing {killed!r}"
     assert (tmp_path / "reports/preprocess.json").read_bytes() == (undisturbed / "reports/preprocess.json").read_bytes()
 

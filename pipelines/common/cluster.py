@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import socket
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -93,19 +94,39 @@ def ray_cluster(cfg: RayParams) -> Iterator[dict[str, float]]:
         ray.shutdown()
 
 
+# What the raylet tells the driver when it retries a task whose worker died (Ray 2.60's wording).
+TASK_RETRY = re.compile(r"Task \S+ failed\. There are \d+ retries remaining, so the task will be retried")
+TASK_RETRIED_NOTE = "warning: a Ray worker was lost mid-task; Ray retried its task (the result is the same)"
+
+
 @contextlib.contextmanager
 def _worker_output_to_console() -> Iterator[None]:
     """Let marked worker lines (progress, notes) reach the console; Ray's own printer sends every
-    line to the driver's stdout/stderr (the stage's log file)."""
+    line to the driver's stdout/stderr (the stage's log file).
+
+    A task retried after its worker died is otherwise silent: the raylet's notice goes to the log only,
+    through Ray's error printer (not the worker-output hook), which is watched here for the console's note.
+    The notice arrives at once, unlike a note from the retried task, which may still be in flight when
+    the stage ends."""
     try:
+        from ray._private import worker as ray_worker
         from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
-    except ImportError:  # a Ray without the hook: notes and progress stay in the log
+    except ImportError:  # a Ray without the hooks: notes and progress stay in the log
         yield
         return
+    printer = ray_worker.print_to_stdstream
+
+    def print_and_watch(data: dict[str, Any], *args: Any, **kwargs: Any) -> Any:
+        if data.get("pid") == "raylet" and any(TASK_RETRY.search(line) for line in data.get("lines", ())):
+            console.note_once(TASK_RETRIED_NOTE)
+        return printer(data, *args, **kwargs)
+
     dispatcher.add_handler("coordtok_console", console.on_worker_output)
+    ray_worker.print_to_stdstream = print_and_watch
     try:
         yield
     finally:
+        ray_worker.print_to_stdstream = printer
         dispatcher.remove_handler("coordtok_console")
 
 

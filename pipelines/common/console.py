@@ -42,7 +42,8 @@ class _State:
         self.err: TextIO | None = None
         self.log_path: Path | None = None
         self.shown: set[str] = set()
-        self.bar: Any = None
+        self.bar: Any = None       # the bar on screen: a console line clears it and redraws it after
+        self.training: Any = None  # the training bar that worker progress lines drive
         self.last_eval: str = ""
         self.groups: set[str] = set()  # rank-0 workers started under the current training bar
         self.lock = threading.Lock()
@@ -86,24 +87,37 @@ def note_once(message: str) -> None:
 
 
 def progress_bar(**kwargs: Any):
-    """A tqdm bar on the console (rate and ETA), whatever sys.stderr points at."""
+    """A tqdm bar on the console (rate and ETA), whatever sys.stderr points at. While it is open,
+    `say` lines (notes, warnings) are printed above it rather than glued to its end."""
     from tqdm import tqdm
+
+    class Bar(tqdm):
+        def close(self) -> None:
+            with _state.lock:
+                if _state.bar is self:
+                    _state.bar = None
+            super().close()
 
     kwargs.setdefault("dynamic_ncols", True)
     kwargs.setdefault("mininterval", 0.5)
-    return tqdm(file=err(), **kwargs)
+    bar = Bar(file=err(), **kwargs)
+    with _state.lock:
+        if _state.bar is None:
+            _state.bar = bar
+    return bar
 
 
 @contextlib.contextmanager
 def training_bar(total: int, desc: str) -> Iterator[Any]:
     """The stage's training bar, driven by `worker_progress` lines of rank 0 (loss, last eval figure)."""
     bar = progress_bar(total=total, desc=desc, unit="step")
-    _state.bar, _state.last_eval, _state.groups = bar, "", set()
+    _state.bar = _state.training = bar
+    _state.last_eval, _state.groups = "", set()
     try:
         yield bar
     finally:
         with _state.lock:
-            _state.bar = None
+            _state.training = None
         bar.close()
 
 
@@ -141,7 +155,7 @@ def worker_progress(step: int, row: dict[str, Any]) -> None:
 
 def _on_progress(payload: dict[str, Any]) -> None:
     with _state.lock:
-        bar = _state.bar
+        bar = _state.training
         if bar is None:
             return
         for key in EVAL_FIGURES:
@@ -165,7 +179,7 @@ def _on_group_start(payload: dict[str, Any]) -> None:
             return
         _state.groups.add(worker)
         restarted = len(_state.groups) > 1  # this invocation already had a worker group: one was lost
-        bar = _state.bar
+        bar = _state.training
         if bar is not None and step != bar.n:  # the bar continues from the checkpoint, rate counted from here
             bar.reset(total=bar.total)
             bar.n = bar.last_print_n = bar.initial = step
@@ -282,5 +296,5 @@ def stage_console(stage: str, path: Path) -> Iterator[Path]:
                 s.close()
             else:
                 s.flush()
-        _state.out = _state.err = _state.log_path = _state.bar = None
+        _state.out = _state.err = _state.log_path = _state.bar = _state.training = None
         log_file.close()

@@ -50,7 +50,6 @@ def run_item(fn: Callable[..., Any], item: str, *args: Any, **kwargs: Any) -> An
     Runs where the work runs (inside the Ray task or actor), so the worker survives and the driver
     gets a plain result back. One log line names the item; the traceback goes to the stage's report.
     """
-    _note_if_retried()
     try:
         return fn(*args, **kwargs)
     except UserError:
@@ -60,24 +59,6 @@ def run_item(fn: Callable[..., Any], item: str, *args: Any, **kwargs: Any) -> An
         reason = internal_error_reason(exc)
         log.warning("%s: %s (skipped; traceback in the stage's report)", item, reason)
         return ItemError(item, reason, tb)
-
-
-def _note_if_retried() -> None:
-    """Inside a Ray task that Ray is running again because its worker died: one console note (the
-    driver shows it once per stage). Ray retries such tasks silently; the attempt number is the only trace."""
-    import sys
-
-    ray = sys.modules.get("ray")  # imported by any Ray worker; absent when run_item runs in a plain process
-    if ray is None or not ray.is_initialized():
-        return
-    try:
-        attempt = ray._private.worker.global_worker.core_worker.get_current_task_attempt_number()
-    except Exception:  # noqa: BLE001 - a private API (Ray 2.60): without it there is simply no note
-        return
-    if attempt > 0:
-        from pipelines.common.console import worker_note
-
-        worker_note("warning: a Ray worker was lost mid-task; Ray retried its task (the result is the same)")
 
 
 def item_errors(results: Iterable[Any]) -> list[ItemError]:
