@@ -271,15 +271,16 @@ def _resolve_weights(params: Params) -> tuple[dict[str, dict[str, Any]], Path | 
 def _start_actors(params: Params, resources: dict[str, float], spec: dict[str, Any], work: int) -> list:
     import ray
 
-    from pipelines.common.cluster import check_fits
+    from pipelines.common.cluster import check_fits, node_capacity
 
     ev = params.evaluate
     has_gpu = resources.get("GPU", 0) > 0
     gpus = ev.gpus_per_actor or (1.0 if has_gpu else 0.0)
-    check_fits({"CPU": ev.cpus_per_actor, "GPU": gpus}, {"CPU": "evaluate.cpus_per_actor", "GPU": "evaluate.gpus_per_actor"},
-               "actor")
-    fits = int(resources.get("GPU", 0) // gpus) if gpus else int(resources.get("CPU", 1) // ev.cpus_per_actor)
-    n = max(1, min(ev.num_actors or max(1, fits), work))
+    request = {"CPU": ev.cpus_per_actor, "GPU": gpus}
+    names = {"CPU": "evaluate.cpus_per_actor", "GPU": "evaluate.gpus_per_actor"}
+    # Node by node: an actor that fits nowhere would never start and its calls would wait forever.
+    n = max(1, min(ev.num_actors or max(1, node_capacity(request)), work))
+    check_fits(request, names, "actor", count=n)
     spec = {**spec, "use_gpu": gpus > 0, "threads": max(1, int(ev.cpus_per_actor))}
     cls = ray.remote(num_cpus=ev.cpus_per_actor, num_gpus=gpus)(EvalWorker)
     log.info("evaluate: %d actor(s) x %.2g CPU / %.2g GPU", n, ev.cpus_per_actor, gpus)

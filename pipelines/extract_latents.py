@@ -230,8 +230,10 @@ def extract_latents(params: Params, root: Path) -> dict[str, Any]:
         import mlflow
 
         use_gpu = resources.get("GPU", 0) > 0 and cfg.gpus_per_actor > 0
+        # The whole pool at once: Ray Data would otherwise wait forever for an actor no node can hold.
         check_fits({"CPU": cfg.cpus_per_actor, "GPU": cfg.gpus_per_actor if use_gpu else 0},
-                   {"CPU": "extract_latents.cpus_per_actor", "GPU": "extract_latents.gpus_per_actor"}, "actor")
+                   {"CPU": "extract_latents.cpus_per_actor", "GPU": "extract_latents.gpus_per_actor"}, "actor",
+                   count=cfg.num_actors)
         staged = staging_dir(out)
         try:
             res = encode_to_store(rows, staged, params, tok_path, processed, plane_shapes, meta, use_gpu=use_gpu)

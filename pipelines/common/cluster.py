@@ -142,6 +142,10 @@ def run_tasks(remote_fn: Any, args: Sequence[tuple], max_in_flight: int, desc: s
     results: list[Any] = [None] * len(args)
     pending: dict[Any, int] = {}
     next_i = 0
+    # Spread over the nodes: Ray's default policy keeps tasks on the driver's node while it has room,
+    # and short per-file tasks finish there before another node has started a worker, so on a
+    # cluster of small nodes a whole stage ran on the head (seen on the two-node loopback cluster).
+    remote_fn = remote_fn.options(scheduling_strategy="SPREAD")
     try:
         with console.progress_bar(total=len(args), desc=desc, unit=unit) as bar:
             while next_i < len(args) or pending:
@@ -197,6 +201,15 @@ def default_parallelism(resources: dict[str, float], cpus_per_task: float, max_i
 def alive_nodes() -> list[dict[str, float]]:
     """Each alive node's total resources (Ray's view), e.g. {"CPU": 1.0, "GPU": 0.0, ...}."""
     return [dict(n["Resources"]) for n in ray.nodes() if n.get("Alive")]
+
+
+def node_capacity(request: dict[str, float]) -> int:
+    """How many units asking for `request` ({"CPU": 0.5, ...}) the alive nodes hold at once (each
+    unit on one node: the cluster's total is not enough when it is split over nodes)."""
+    wanted = {k: float(v) for k, v in request.items() if v and v > 0}
+    if not wanted:
+        return 0
+    return sum(int(min(n.get(k, 0.0) / v + 1e-9 for k, v in wanted.items())) for n in alive_nodes())
 
 
 def check_fits(request: dict[str, float], params: dict[str, str], unit: str = "worker", count: int = 1) -> None:
