@@ -557,10 +557,9 @@ def evaluate(params: Params, root: Path) -> dict[str, Any]:
         (f"rFVD / FVD-{clip or '(clip)'} / FVD-{data.num_frames}",
          figures(metrics["reconstruction"]["rfvd"], g["fvd_clip"], g["fvd_full"])),
         *yard_rows,
-        (f"s / video (batch 1), peak memory MB ({g['memory_kind']})",
-         f"{g['single_video_seconds']:.2f}, {g['single_video_peak_memory_mb']:,.0f}"),
-        ("videos/s sampling / features, wall seconds",
-         f"{figures(metrics['throughput']['sampling_videos_per_s'], metrics['throughput']['feature_videos_per_s'])}, "
+        (f"s / video (batch 1), peak MB ({g['memory_kind']}); videos/s sampling / features; wall s",
+         f"{g['single_video_seconds']:.2f}, {g['single_video_peak_memory_mb']:,.0f}; "
+         f"{figures(metrics['throughput']['sampling_videos_per_s'], metrics['throughput']['feature_videos_per_s'])}; "
          f"{wall:,.1f}"),
         ("all figures", f"{METRICS_OUT}, {REPORTS_DIR}/")])
     return metrics

@@ -185,12 +185,12 @@ def finetune(params: Params, root: Path) -> dict[str, Any]:
         trainer.write_metrics(root / METRICS_OUT, summary, wall)
         if params.mlflow.register_models:
             _register(params, root, run.info.run_id, state["config"])
-    print_summary("finetune", [("preset, steps", f"{tok.preset}, {summary['step']:,}"),
+    print_summary("finetune", [("preset, steps, wall seconds", f"{tok.preset}, {summary['step']:,}, {wall:,.2f}"),
                                ("train loss first -> last", f"{summary['train_loss_first']:.4f} -> {summary['train_loss']:.4f}"),
                                (f"test PSNR (dB) / SSIM / LPIPS ({cfg.eval_lpips_backbone})",
                                 f"{summary['test_psnr']:.2f} / {summary['test_ssim']:.3f} / {summary['test_lpips']:.3f}"),
                                *baseline_summary_rows(summary),
-                               ("stand-in weights", standin), ("wall seconds", wall), ("model", MODEL_OUT)])
+                               ("stand-in weights", standin), ("model", MODEL_OUT)])
     return summary
 
 

@@ -11,9 +11,10 @@ duration, so nothing can reach the terminal by accident; the project writes to t
 through `out()` / `err()` (a duplicate of the original descriptors).
 
 Ray workers cannot write to the driver's terminal, so they print marked lines (`worker_note`,
-`worker_progress`) that Ray forwards to the driver; `on_worker_output` (installed by
-`cluster.ray_cluster`) turns them into a console line or a progress-bar update. The unmarked
-lines reach only the log.
+`worker_progress`, `worker_group_started`) that Ray forwards to the driver; `on_worker_output`
+(installed by `cluster.ray_cluster`) turns them into a console line or a progress-bar update; a second
+rank-0 worker under one training bar means Ray Train lost a worker and restarted from a checkpoint.
+The unmarked lines reach only the log.
 """
 
 from __future__ import annotations
