@@ -19,7 +19,8 @@ from MLflow while the run is still going) with its baselines to `--out` (plots/c
 
 A candidate is `label:key=value,...`; keys are `variant` (native | released: the released
 architecture with its learned decoder position table), `init` (release | vit: see
-components/tokenizer/model.py INIT_SCHEMES) and any `pretrain.*` field (lr, batch_size,
+components/tokenizer/model.py INIT_SCHEMES), `plane_skip` (true | false: the tokenizer override) and any
+`pretrain.*` field (lr, batch_size,
 sampling_ratio, warmup_steps, precision, grad_clip, weight_decay, ...). With `--schedule budget`
 (default) the cosine schedule is sized, after 10 steps, to the steps the largest budget will allow.
 
@@ -103,9 +104,11 @@ def train_candidate(label: str, settings: dict[str, str], base: dict, processed:
     settings = dict(settings)
     variant = settings.pop("variant", "native")
     init = settings.pop("init", None)
+    tokenizer = {k: _value(settings.pop(k)) for k in ("plane_skip",) if k in settings}
     if variant not in MODEL_CLASSES:
         raise SystemExit(f"candidate {label!r}: variant must be one of {sorted(MODEL_CLASSES)}")
-    dumped = {**base, "pretrain": {**base["pretrain"], **{k: _value(v) for k, v in settings.items()}}}
+    dumped = {**base, "tokenizer": {**base["tokenizer"], **tokenizer},
+              "pretrain": {**base["pretrain"], **{k: _value(v) for k, v in settings.items()}}}
     if schedule == "budget":
         dumped["pretrain"]["steps"] = 10**9  # resized after the first steps
     params = validate_params(dumped)

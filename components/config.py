@@ -77,6 +77,9 @@ class TokenizerParams(_Section):
                                              description="Override the preset's triplane H' = W' (paper ablation: 8/16/32).")
     latent_resolution_t: int | None = Field(None, ge=1, le=1024,
                                             description="Override the preset's triplane T' (paper ablation: 16/32/64).")
+    plane_skip: bool | None = Field(
+        None, description="Override the preset's plane skip (this project's addition: planes also get a linear map of "
+                          "the video features averaged over the missing axis; on in CoordTok-tiny, off in the paper presets).")
     decode_group_frames: int | None = Field(
         None, ge=1, le=4096,
         description="Decoder time steps decoded together in one attention context by full/random-access decoding; "
@@ -92,7 +95,7 @@ class TokenizerParams(_Section):
     def arch(self) -> TokenizerArch:
         """The preset with this section's overrides applied."""
         arch = TOKENIZER_PRESETS[self.preset]
-        changes = {k: getattr(self, k) for k in ("latent_resolution_xy", "latent_resolution_t")
+        changes = {k: getattr(self, k) for k in ("latent_resolution_xy", "latent_resolution_t", "plane_skip")
                    if getattr(self, k) is not None}
         return arch.replace(**changes) if changes else arch
 

@@ -343,6 +343,45 @@ def test_release_init_gives_the_released_scales_and_vit_init_the_old_ones():
         CoordTok(TINY, IMG, FRAMES, init="xavier")
 
 
+def test_plane_skip_adds_the_video_features_averaged_over_each_planes_missing_axis():
+    """CoordTok-tiny's plane skip: with the query path silenced, xy = Linear(features averaged over t),
+    yt = Linear(averaged over x), xt = Linear(averaged over y), computed here from the encoder's own
+    features; resampled (antialiased bilinear) when the triplane is not the encoder grid's size. The
+    paper presets and the released variant have no such layer."""
+    from components.tokenizer.model import _resize_plane
+    from components.tokenizer.released import ReleasedCoordTok
+
+    assert TINY.plane_skip and not TOKENIZER_PRESETS["CoordTok-L"].plane_skip
+    assert not any("plane_skip" in k for k in ReleasedCoordTok(TINY, IMG, FRAMES).state_dict())
+    assert not any("plane_skip" in k for k in CoordTok(TINY.replace(plane_skip=False), IMG, FRAMES).state_dict())
+    for img, frames in ((64, 32), (IMG, FRAMES)):  # encoder grid 8x8x8 = the triplane; then 4x4x4, resized
+        torch.manual_seed(0)
+        m = CoordTok(TINY, img, frames).eval()
+        with torch.no_grad():
+            for proj in (m.latent_proj_xy, m.latent_proj_yt, m.latent_proj_xt):
+                proj.weight.zero_()
+                proj.bias.zero_()
+            for lin in m.plane_skip:
+                lin.weight.normal_(0, 0.1)
+                lin.bias.normal_(0, 0.1)
+        seen = {}
+        m.vit_norm.register_forward_hook(lambda mod, inp, out: seen.update(features=out))
+        g = torch.Generator().manual_seed(3)
+        video = torch.rand(2, frames, img, img, 3, generator=g) * 2 - 1
+        with torch.no_grad():
+            planes = m.encode(video)
+            grid = seen["features"].view(2, *m.enc_grid, -1)  # [B, t, y, x, D]
+            s, lt = TINY.latent_resolution_xy, TINY.latent_resolution_t
+            expected = {"xy": (m.plane_skip[0](grid.mean(1)), (s, s)), "yt": (m.plane_skip[1](grid.mean(3)), (lt, s)),
+                        "xt": (m.plane_skip[2](grid.mean(2)), (lt, s))}
+            for name, (value, size) in expected.items():
+                want = _resize_plane(value.permute(0, 3, 1, 2), size)
+                assert want.shape[-2:] == size
+                torch.testing.assert_close(getattr(planes, name), want, rtol=1e-5, atol=1e-6, msg=name)
+        if img == 64:
+            assert m.enc_grid == (8, 8, 8)  # the first case compared without any resampling
+
+
 # ---------------------------------------------------------------- overfit
 
 def _moving_pattern(t: int = 8, s: int = 32) -> torch.Tensor:

@@ -321,6 +321,15 @@ class SinCosPosEmbed3d(nn.Module):
         return F.pad(emb, (0, self.dim - emb.shape[-1]))
 
 
+def _resize_plane(plane: Tensor, size: tuple[int, int]) -> Tensor:
+    """[B, C, R, S] -> [B, C, *size]: unchanged when equal, else bilinear with antialiasing (an area-like
+    average when shrinking, interpolation when growing), computed in float32."""
+    if tuple(plane.shape[-2:]) == tuple(size):
+        return plane
+    return F.interpolate(plane.float(), size=size, mode="bilinear", align_corners=False,
+                         antialias=True).to(plane.dtype)
+
+
 # --------------------------------------------------------------------------------------------------
 # CoordTok
 # --------------------------------------------------------------------------------------------------
@@ -451,6 +460,12 @@ class CoordTok(nn.Module):
         self.dec_norm = nn.LayerNorm(dd)
         self.dec_head = nn.Linear(dd, dpt * dp * dp * 3)
 
+        # --- plane skip (arch.plane_skip; this project's, not the release's): one linear map per plane
+        # from the encoder's video features averaged over the axis that plane lacks (xy: time, yt: x,
+        # xt: y), resampled to the plane's size and added to it. The queries must first learn where to
+        # look before any local detail reaches the planes; this path carries it from the first step.
+        self.plane_skip = nn.ModuleList([nn.Linear(d, c) for _ in range(3)]) if a.plane_skip else None
+
         self.init_scheme = init
         self._init_weights()
 
@@ -460,6 +475,10 @@ class CoordTok(nn.Module):
         init_weights(self, self.init_scheme, positions=(self.pos_embed, self.cross_pos_embed),
                      queries=(self.query_xy, self.query_yt, self.query_xt), query_pos=self.query_pos_embed,
                      query_blocks=self.enc_blocks)
+        if self.plane_skip is not None:  # starts as the query path alone (measured this way)
+            for lin in self.plane_skip:
+                nn.init.zeros_(lin.weight)
+                nn.init.zeros_(lin.bias)
 
     @property
     def config(self) -> dict:
@@ -518,11 +537,34 @@ class CoordTok(nn.Module):
         x = self.video_tokens(video)
         for blk in self.vit_blocks:
             x = blk(x, key_mask)
-        context = self.vit_norm(x) + self.cross_pos_embed
+        features = self.vit_norm(x)
+        context = features + self.cross_pos_embed
         q = self._queries(video.shape[0])
         for blk in self.enc_blocks:
             q = blk(q, context, key_mask)
-        return self._planes_from_queries(self.enc_norm(q))
+        planes = self._planes_from_queries(self.enc_norm(q))
+        return planes if self.plane_skip is None else self._add_plane_skip(planes, features, key_mask)
+
+    def _add_plane_skip(self, planes: Triplane, features: Tensor, key_mask: Tensor | None) -> Triplane:
+        """planes + per-plane Linear(video features averaged over the missing axis), resampled to the
+        plane's size. Padded tokens are zeroed first, so (as everywhere in the encoder) the triplane does
+        not depend on the content of padding frames; the xy average is over real time steps only."""
+        b = features.shape[0]
+        nt, ny, nx = self.enc_grid
+        grid = features.view(b, nt, ny, nx, -1)  # video tokens are (t, y, x)-major
+        if key_mask is None:
+            over_t = grid.mean(1)
+        else:
+            real = key_mask.view(b, nt, ny, nx, 1).to(grid.dtype)
+            grid = grid * real
+            over_t = grid.sum(1) / real.sum(1).clamp_min(1)
+        s, lt = self.arch.latent_resolution_xy, self.arch.latent_resolution_t
+        skip_xy, skip_yt, skip_xt = (
+            _resize_plane(lin(pooled).permute(0, 3, 1, 2), size) for lin, pooled, size in (
+                (self.plane_skip[0], over_t, (s, s)),            # [B, y, x, D] -> xy rows y, cols x
+                (self.plane_skip[1], grid.mean(3), (lt, s)),     # [B, t, y, D] -> yt rows t, cols y
+                (self.plane_skip[2], grid.mean(2), (lt, s))))    # [B, t, x, D] -> xt rows t, cols x
+        return Triplane(planes.xy + skip_xy, planes.yt + skip_yt, planes.xt + skip_xt)
 
     def _planes_from_queries(self, q: Tensor) -> Triplane:
         """Encoded query tokens [B, N_xy + 2 N_t, D] -> the three planes (each cut back from its latent patches)."""

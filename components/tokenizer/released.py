@@ -53,7 +53,8 @@ class ReleasedCoordTok(CoordTok):
 
     def __init__(self, arch: TokenizerArch, img_size: int, num_frames: int, init: str = DEFAULT_INIT):
         self._compat_built = False
-        super().__init__(arch, img_size, num_frames, init)
+        # The released model has no plane skip (this project's addition), whatever the preset says.
+        super().__init__(arch.replace(plane_skip=False), img_size, num_frames, init)
         d, dd = arch.enc_embed_dim, arch.dec_embed_dim
 
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
