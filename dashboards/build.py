@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from components.io import atomic_write_text, commit_dir, remove_stale_staging, staging_dir
 from components.paper import GENERATION, RECONSTRUCTION
@@ -340,12 +340,19 @@ def render_html(data: dict[str, Any]) -> str:
     )
 
 
+BUILD_PHASES = ("runs", "sweep", "curves", "media", "page")
+
+
 def build_dashboard(tracking_uri: str, experiment: str = "coordtok", sweep_storage: str | None = None,
                     out_dir: str | os.PathLike = "reports/dashboard", paper_rows: dict[str, list] | None = None,
                     max_runs: int = 200, curve_runs_per_stage: int = 6, charts_per_stage: int = 12,
-                    media_runs: int = 6, media_per_run: int = 6) -> dict[str, Any]:
-    """Write <out_dir>/index.html (+ media/) atomically; returns a summary (counts, seconds, notes)."""
+                    media_runs: int = 6, media_per_run: int = 6,
+                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Write <out_dir>/index.html (+ media/) atomically; returns a summary (counts, seconds, notes).
+
+    `progress(phase)` is called as each of BUILD_PHASES ends (a progress bar's hook)."""
     started = time.perf_counter()
+    done = progress or (lambda phase: None)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     out = Path(out_dir)
     remove_stale_staging(out.parent, out.name)
@@ -354,10 +361,16 @@ def build_dashboard(tracking_uri: str, experiment: str = "coordtok", sweep_stora
         runs, client, store_note = collect_runs(tracking_uri, experiment, max_runs)
         rows = [_run_row(r) for r in runs]
         present = {r["stage"] for r in rows}
+        done("runs")
         sweep, sweep_note = (_sweep(sweep_storage) if sweep_storage else
                              (None, "no sweep storage given (sweep.storage, or dashboard.include_sweep: false)"))
+        done("sweep")
         paper = paper_rows or {"reconstruction": RECONSTRUCTION, "generation": GENERATION}
         refs: dict[str, list[dict[str, Any]]] = {}
+        curves = _curves(client, runs, curve_runs_per_stage, charts_per_stage, refs) if client else {}
+        done("curves")
+        media = _media(client, runs, staged, media_runs, media_per_run) if client else []
+        done("media")
         data = {
             "experiment": experiment, "tracking_uri": tracking_uri,
             "generated": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
@@ -366,15 +379,15 @@ def build_dashboard(tracking_uri: str, experiment: str = "coordtok", sweep_stora
             "runs": rows, "key_metrics": _key_metrics(rows),
             "frontier": _frontier(runs), "paper": paper,
             "sweep": sweep, "sweep_note": sweep_note,
-            "curves": _curves(client, runs, curve_runs_per_stage, charts_per_stage, refs) if client else {},
-            "curve_refs": refs,
+            "curves": curves, "curve_refs": refs,
             "generation": _generation(runs),
-            "media": _media(client, runs, staged, media_runs, media_per_run) if client else [],
+            "media": media,
         }
         atomic_write_text(staged / "index.html", render_html(data))
         for path in [staged, *staged.rglob("*")]:  # temp files/folders are private; a report is not
             path.chmod(0o755 if path.is_dir() else 0o644)
         commit_dir(staged, out)
+        done("page")
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
         raise

@@ -163,7 +163,9 @@ def test_dashboard_stage_on_real_synthesize_run(tmp_path, tiny_params_file, ray_
     tiny_params_file.write_text(yaml.safe_dump(raw))
     synthesize(load_params(tiny_params_file), tmp_path)
     assert run_stage("dashboard", dashboard, ["--params", str(tiny_params_file)]) == 0
-    assert "| runs" in capsys.readouterr().out
+    shown = capsys.readouterr()
+    assert "| runs" in shown.out
+    assert "dashboard: 100%|" in shown.err and "page done" in shown.err  # its one progress bar, to the end
     data = page_data(tmp_path / "reports" / "dashboard" / "index.html")
     (run,) = data["runs"]
     assert run["stage"] == "synthesize" and run["metrics"]["clips"] == 16 and run["status"] == "FINISHED"

@@ -129,9 +129,9 @@ def assert_quiet_console(console: str, repo: Path) -> None:
         for line in lines[start + 1:end + 1]:
             assert line.startswith((f"{stage}", "warning: ", "resuming from step", "+-", "| ")) or BAR.match(line), \
                 (stage, line)
-        if stage != "dashboard":  # a progress bar (rate, ETA) that got to the end; the dashboard takes seconds
-            assert [line for line in lines if BAR.match(line) and line.startswith(stage) and "100%|" in line], \
-                (stage, lines)
+        # a progress bar (rate, ETA) that got to the end, in every stage
+        assert [line for line in lines if BAR.match(line) and line.startswith(stage) and "100%|" in line], \
+            (stage, lines)
     for stage, lines in stage_sections(console).items():
         assert_within_budget(lines, stage)
         log = (repo / "logs" / f"{stage}.log").read_text()
