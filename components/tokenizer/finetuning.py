@@ -180,6 +180,7 @@ class FinetuneRunner:
         batch; returns ({loss, l2, lpips} of the global batch, videos this rank saw)."""
         from components.data.pixels import to_unit
         from components.parallel import global_sum, micro_step
+        from components.tokenizer.training import optimizer_step
 
         cfg, device, plan = self.cfg, self.device, self.plan
         sums, seen = {"loss": 0.0, "l2": 0.0, "lpips": 0.0}, 0
@@ -204,11 +205,7 @@ class FinetuneRunner:
                 sums[k] += v
             seen += len(video)
         sums = {k: global_sum(v, device) for k, v in sums.items()}
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
+        optimizer_step(self.model, self.opt, self.sched, cfg.grad_clip)
         return sums, seen
 
     @property

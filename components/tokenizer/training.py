@@ -105,6 +105,16 @@ def adamw_with_schedule(parameters, cfg: Any, betas: tuple[float, float] = (0.9,
     return opt, sched
 
 
+def optimizer_step(model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, grad_clip: float) -> None:
+    """Clip the accumulated gradients' global norm (when grad_clip > 0), step the optimizer and the
+    schedule, and clear the gradients: the end of every training step of the tokenizer stages."""
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    opt.zero_grad(set_to_none=True)
+
+
 # ------------------------------------------------------------------------------------ evaluation
 
 
@@ -282,11 +292,7 @@ class PretrainRunner:
             loss_sum += loss.item()
             seen += len(video)
         loss_sum = global_sum(loss_sum, device)
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
-        self.sched.step()
-        self.opt.zero_grad(set_to_none=True)
+        optimizer_step(self.model, self.opt, self.sched, cfg.grad_clip)
         return loss_sum, seen
 
     @property
