@@ -101,9 +101,10 @@ def test_params_validation_of_the_sweep_section(tmp_path, sweep, message):
 
 
 def test_ratio_range_is_accepted_and_validated_at_both_ends(tmp_path):
-    params = validate_params(_params(tmp_path, sampling_ratio={"low": 0.03, "high": 0.25, "log": True}))
+    # a range needs a sampler that draws from it (the embedded default's grid takes lists only)
+    params = validate_params(_params(tmp_path, sampler="tpe", sampling_ratio={"low": 0.03, "high": 0.25, "log": True}))
     assert len(validate_search_space(params)) > 0
-    params = validate_params(_params(tmp_path, sampling_ratio={"low": 0.001, "high": 0.25}))
+    params = validate_params(_params(tmp_path, sampler="tpe", sampling_ratio={"low": 0.001, "high": 0.25}))
     with pytest.raises(SearchSpaceError, match="sampling_ratio holds 0.001"):
         validate_search_space(params)
 
